@@ -1,0 +1,374 @@
+//! The call to service-a: one pooled client, one deadline for the whole
+//! exchange, and every way it can go wrong sorted into the contract's kinds,
+//! the way a reverse proxy would classify them.
+
+use std::borrow::Cow;
+use std::error::Error as _;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::Client;
+use reqwest::header::CONTENT_TYPE;
+use serde::Deserialize;
+use url::Url;
+
+/// What went wrong upstream: the contract's `error` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No complete answer within the deadline.
+    Timeout,
+    /// Nothing listens at service-a's address.
+    ConnectionRefused,
+    /// Any other transport failure: reset, unreachable, DNS, closed early.
+    ConnectionFailed,
+    /// service-a answered with a non-2xx status.
+    UpstreamStatus,
+    /// A 2xx whose body is not the expected JSON, or is too large, or a
+    /// response that is not HTTP at all.
+    InvalidResponse,
+}
+
+impl ErrorKind {
+    /// The contract's `error` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ConnectionRefused => "connection_refused",
+            Self::ConnectionFailed => "connection_failed",
+            Self::UpstreamStatus => "upstream_status",
+            Self::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+/// A failed call, with what the degraded answer reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// Which kind of failure.
+    pub kind: ErrorKind,
+    /// service-a's status, when it sent one.
+    pub status: Option<u16>,
+    /// A sentence for people: logs and the body's `message`.
+    pub detail: String,
+}
+
+impl UpstreamError {
+    fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            status: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// The `http_status` of the degraded body: what a reverse proxy in
+    /// service-b's place would have answered.
+    pub fn http_status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::Timeout => 504,
+            ErrorKind::UpstreamStatus => self.status.unwrap_or(502),
+            ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionFailed
+            | ErrorKind::InvalidResponse => 502,
+        }
+    }
+}
+
+/// The body service-a must send: an object with a string `echo`.
+#[derive(Deserialize)]
+struct EchoReply<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)] // Only its presence and type are checked.
+    echo: Cow<'a, str>,
+}
+
+/// service-a, as service-b calls it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Shared by every request: its pool keeps connections to service-a open.
+    client: Client,
+    /// `<base>/echo`, to which each call adds its `msg`.
+    echo_url: Url,
+    /// Deadline for the whole call: connect, headers and body.
+    deadline: Duration,
+    /// Largest body accepted from service-a; more is `invalid_response`.
+    max_body: usize,
+}
+
+impl Upstream {
+    /// A client for service-a at `base` (`http://host:port[/prefix]`).
+    /// `max_msg_bytes` sizes the body cap: an echo of the longest message,
+    /// every byte JSON-escaped, still fits.
+    pub fn new(base: &Url, deadline: Duration, max_msg_bytes: usize) -> Result<Self, String> {
+        let client = Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(deadline)
+            // Shorter than any sane server keep-alive timeout, so a pooled
+            // connection is dropped here before service-a closes it.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .user_agent(concat!("service-b/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            echo_url: echo_url(base),
+            deadline,
+            max_body: (max_msg_bytes * 6 + 1024).max(64 * 1024),
+        })
+    }
+
+    /// The URL calls go to, without the query.
+    pub fn echo_url(&self) -> &Url {
+        &self.echo_url
+    }
+
+    /// The deadline for one call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Calls `GET /echo?msg=...` and returns service-a's JSON body, checked.
+    pub async fn echo(&self, msg: &str) -> Result<Bytes, UpstreamError> {
+        let mut url = self.echo_url.clone();
+        // Form encoding, as service-a decodes it; never string concatenation.
+        url.query_pairs_mut().append_pair("msg", msg);
+        match tokio::time::timeout(self.deadline, self.fetch(url)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> UpstreamError {
+        UpstreamError::new(
+            ErrorKind::Timeout,
+            format!(
+                "service-a gave no complete answer within {}",
+                humantime::format_duration(self.deadline)
+            ),
+        )
+    }
+
+    async fn fetch(&self, url: Url) -> Result<Bytes, UpstreamError> {
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.classify(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(UpstreamError {
+                status: Some(status.as_u16()),
+                ..UpstreamError::new(
+                    ErrorKind::UpstreamStatus,
+                    format!("service-a answered {status}"),
+                )
+            });
+        }
+        let invalid = |detail: String| UpstreamError {
+            status: Some(status.as_u16()),
+            ..UpstreamError::new(ErrorKind::InvalidResponse, detail)
+        };
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json(content_type) {
+            return Err(invalid(format!(
+                "service-a answered {status} with content type {content_type:?}, not JSON"
+            )));
+        }
+        if let Some(len) = response
+            .content_length()
+            .filter(|&len| len > self.max_body as u64)
+        {
+            return Err(invalid(format!(
+                "service-a's body is {len} bytes; the limit is {}",
+                self.max_body
+            )));
+        }
+        let mut body = BytesMut::with_capacity(response.content_length().unwrap_or(256) as usize);
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e))? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(invalid(format!(
+                    "service-a's body is over the {}-byte limit",
+                    self.max_body
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if let Err(e) = serde_json::from_slice::<EchoReply<'_>>(&body) {
+            return Err(invalid(format!(
+                "service-a's body is not {{\"echo\": string}}: {e}"
+            )));
+        }
+        Ok(body.freeze())
+    }
+
+    fn classify(&self, e: &reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            return self.timed_out();
+        }
+        let mut source = e.source();
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<io::Error>()
+                && io.kind() == io::ErrorKind::ConnectionRefused
+            {
+                return UpstreamError::new(
+                    ErrorKind::ConnectionRefused,
+                    format!("nothing listens at {}", authority(&self.echo_url)),
+                );
+            }
+            if let Some(h) = err.downcast_ref::<hyper::Error>()
+                && (h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
+            {
+                return UpstreamError::new(
+                    ErrorKind::InvalidResponse,
+                    format!("service-a's answer is not valid HTTP: {h}"),
+                );
+            }
+            source = err.source();
+        }
+        UpstreamError::new(
+            ErrorKind::ConnectionFailed,
+            format!("calling service-a failed: {}", chain(e)),
+        )
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// `<base>/echo`, keeping any path prefix the base has.
+fn echo_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push("echo");
+    }
+    url
+}
+
+fn authority(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// The error and its causes on one line: reqwest's own message is often
+/// just "error sending request".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
+}
+
+/// Checks `--service-a-url`: an absolute `http://` URL with a host, no
+/// credentials, no query.
+pub fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(s).map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "scheme {:?} is not supported; use http:// (this build has no TLS)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not supported".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_url_keeps_prefix_and_drops_query() {
+        let u = |s: &str| echo_url(&Url::parse(s).unwrap()).to_string();
+        assert_eq!(u("http://127.0.0.1:8080"), "http://127.0.0.1:8080/echo");
+        assert_eq!(u("http://127.0.0.1:8080/"), "http://127.0.0.1:8080/echo");
+        assert_eq!(
+            u("http://a.example/prefix/"),
+            "http://a.example/prefix/echo"
+        );
+        assert_eq!(u("http://a.example/prefix"), "http://a.example/prefix/echo");
+    }
+
+    #[test]
+    fn base_url_checks() {
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_base_url("http://service-a.internal/api").is_ok());
+        assert!(
+            parse_base_url("https://127.0.0.1:8080")
+                .unwrap_err()
+                .contains("https")
+        );
+        assert!(parse_base_url("127.0.0.1:8080").is_err());
+        assert!(
+            parse_base_url("http://user:pw@host")
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(parse_base_url("http://host/?x=1").is_err());
+        assert!(parse_base_url("not a url").is_err());
+    }
+
+    #[test]
+    fn http_status_per_kind() {
+        let e = |kind, status| UpstreamError {
+            kind,
+            status,
+            detail: String::new(),
+        };
+        assert_eq!(e(ErrorKind::Timeout, None).http_status(), 504);
+        assert_eq!(e(ErrorKind::ConnectionRefused, None).http_status(), 502);
+        assert_eq!(e(ErrorKind::ConnectionFailed, None).http_status(), 502);
+        assert_eq!(e(ErrorKind::InvalidResponse, Some(200)).http_status(), 502);
+        assert_eq!(e(ErrorKind::UpstreamStatus, Some(500)).http_status(), 500);
+        assert_eq!(e(ErrorKind::UpstreamStatus, Some(404)).http_status(), 404);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json("Application/JSON"));
+        assert!(!is_json("text/html"));
+        assert!(!is_json(""));
+        assert!(!is_json("application/jsonp"));
+    }
+
+    #[test]
+    fn echo_reply_shape() {
+        let ok = |b: &str| serde_json::from_slice::<EchoReply<'_>>(b.as_bytes()).is_ok();
+        assert!(ok(r#"{"echo":"x"}"#));
+        assert!(ok(r#"{"echo":"a\"b\\c","extra":1}"#));
+        assert!(!ok(r#"{"echo":1}"#));
+        assert!(!ok(r#"{"other":"x"}"#));
+        assert!(!ok(r#"["echo"]"#));
+        assert!(!ok(r#"{"echo":"x"} trailing"#));
+        assert!(!ok(""));
+    }
+}

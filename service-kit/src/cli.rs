@@ -1,0 +1,234 @@
+//! Settings both daemons share, read from flags and environment variables.
+//!
+//! Each daemon names its variables with its own prefix (`SERVICE_A_LISTEN`,
+//! `SERVICE_B_LISTEN`), so the shared flags are built at run time from
+//! [`Daemon::ENV_PREFIX`] rather than declared twice. A bad value is one line
+//! on stderr that names both the flag and the variable, and exit status 2.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, ArgMatches, Command};
+
+use crate::daemon::Daemon;
+
+/// Exit status for a bad setting (the same status clap uses for usage errors).
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit status for a failure at run time, such as a port already in use.
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// Default limit on a decoded `msg`, in bytes.
+pub const DEFAULT_MAX_MSG_BYTES: usize = 4096;
+/// Largest `msg` limit accepted: a request line longer than this is not a
+/// message any more.
+pub const MAX_MAX_MSG_BYTES: usize = 1 << 20;
+
+/// The settings every daemon has.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to listen on (ignored when systemd hands over a socket).
+    pub listen: SocketAddr,
+    /// Longest `msg` accepted, in decoded bytes.
+    pub max_msg_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM before they are cut.
+    pub shutdown_timeout: Duration,
+    /// Validate the configuration, print it, and exit without serving.
+    pub check_config: bool,
+}
+
+/// A flag of the shared set: its long name, value name, help and default.
+struct Shared {
+    long: &'static str,
+    env_suffix: &'static str,
+    value_name: &'static str,
+    help: &'static str,
+}
+
+const LISTEN: Shared = Shared {
+    long: "listen",
+    env_suffix: "LISTEN",
+    value_name: "ADDR",
+    help: "Address and port to listen on (IP:PORT)",
+};
+const MAX_MSG_BYTES: Shared = Shared {
+    long: "max-msg-bytes",
+    env_suffix: "MAX_MSG_BYTES",
+    value_name: "BYTES",
+    help: "Longest msg accepted, in bytes after decoding; longer is a 400 msg_too_long",
+};
+const SHUTDOWN_TIMEOUT: Shared = Shared {
+    long: "shutdown-timeout",
+    env_suffix: "SHUTDOWN_TIMEOUT",
+    value_name: "DURATION",
+    help: "On SIGTERM/SIGINT, how long in-flight requests may finish before they are cut",
+};
+
+/// Adds the shared flags to `cmd`, with `D`'s variable names and defaults.
+pub fn with_server_args<D: Daemon>(cmd: Command) -> Command {
+    let arg = |s: &Shared, default: String| {
+        clap::Arg::new(s.long)
+            .long(s.long)
+            .env(format!("{}_{}", D::ENV_PREFIX, s.env_suffix))
+            .value_name(s.value_name)
+            .help(s.help)
+            .default_value(default)
+    };
+    cmd.arg(arg(&LISTEN, D::DEFAULT_LISTEN.to_owned()).value_parser(parse_socket_addr))
+        .arg(arg(&MAX_MSG_BYTES, DEFAULT_MAX_MSG_BYTES.to_string()).value_parser(parse_msg_limit))
+        .arg(arg(&SHUTDOWN_TIMEOUT, "5s".to_owned()).value_parser(parse_duration))
+        .arg(
+            clap::Arg::new("check-config")
+                .long("check-config")
+                .action(ArgAction::SetTrue)
+                .help("Validate the configuration, print it and exit (0 if valid, 2 if not) without listening"),
+        )
+}
+
+impl ServerSettings {
+    /// Reads the shared settings back out of parsed matches.
+    pub fn from_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self {
+            listen: value(m, LISTEN.long)?,
+            max_msg_bytes: value(m, MAX_MSG_BYTES.long)?,
+            shutdown_timeout: value(m, SHUTDOWN_TIMEOUT.long)?,
+            check_config: m.get_flag("check-config"),
+        })
+    }
+}
+
+/// Every shared flag has a default and a typed parser, so this only fails if
+/// the flags above and this function disagree.
+fn value<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Result<T, clap::Error> {
+    m.try_get_one::<T>(id)
+        .ok()
+        .flatten()
+        .cloned()
+        .ok_or_else(|| clap::Error::raw(ErrorKind::MissingRequiredArgument, format!("--{id}")))
+}
+
+/// Parses `IP:PORT`. Host names are refused: a daemon that resolves its own
+/// listen address at start-up binds to whatever DNS says that day.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_owned())
+}
+
+/// Parses `250ms`, `1s`, `1m30s`...; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; expected a duration such as 250ms, 2s or 1m"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_msg_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| "expected a whole number of bytes, such as 4096".to_owned())?;
+    if n == 0 || n > MAX_MAX_MSG_BYTES {
+        return Err(format!("must be between 1 and {MAX_MAX_MSG_BYTES}"));
+    }
+    Ok(n)
+}
+
+/// Formats a duration the way the flags accept it (`1s`, `250ms`).
+pub fn show_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Turns a clap error into what the contract promises: help and version go
+/// to stdout with status 0; anything else is one line on stderr naming the
+/// flag and its environment variable, and status 2.
+pub fn report_cli_error(name: &str, cmd: &Command, err: &clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{name}: {}", one_line(cmd, err));
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn one_line(cmd: &Command, err: &clap::Error) -> String {
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let reason = std::error::Error::source(err).map(ToString::to_string);
+    match (err.kind(), arg, value, reason) {
+        (ErrorKind::ValueValidation, Some(arg), Some(value), Some(reason)) => {
+            format!(
+                "invalid value {value:?} for {}: {reason}",
+                describe_arg(cmd, &arg)
+            )
+        }
+        _ => {
+            // clap's own first line, without its "error: " prefix.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            format!("{} (see --help)", first.trim_start_matches("error: "))
+        }
+    }
+}
+
+/// `--listen <ADDR>` becomes `--listen / SERVICE_A_LISTEN`, so the user
+/// knows where the value came from whichever way they set it.
+fn describe_arg(cmd: &Command, rendered: &str) -> String {
+    let long = rendered
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    let env = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned());
+    match env {
+        Some(env) => format!("--{long} / {env}"),
+        None => format!("--{long}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10").is_err(), "a unit is required");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(parse_socket_addr("127.0.0.1:8080").is_ok());
+        assert!(parse_socket_addr("[::1]:0").is_ok());
+        assert!(parse_socket_addr("localhost:8080").is_err());
+        assert!(parse_socket_addr("127.0.0.1").is_err());
+        assert!(parse_socket_addr("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn msg_limits() {
+        assert_eq!(parse_msg_limit("4096"), Ok(4096));
+        assert!(parse_msg_limit("0").is_err());
+        assert!(parse_msg_limit("-1").is_err());
+        assert!(parse_msg_limit("2MB").is_err());
+    }
+}

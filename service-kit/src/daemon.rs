@@ -1,0 +1,165 @@
+//! The life of a daemon, shared by both: read settings, build the app, take
+//! the listening socket, tell systemd, serve until SIGTERM/SIGINT, drain,
+//! exit with a status that says what happened.
+
+use std::process::ExitCode;
+
+use clap::{Args, Command, FromArgMatches};
+use salvo::{Router, Server, Service};
+
+use crate::cli::{self, EXIT_RUNTIME, ServerSettings, show_duration};
+use crate::listener::{self, Origin};
+use crate::observe::Observe;
+use crate::signals::Shutdown;
+use crate::{logging, notify};
+
+/// What a daemon tells the shared lifecycle about itself.
+pub trait Daemon: 'static {
+    /// Program name, used in messages (`service-a`).
+    const NAME: &'static str;
+    /// One-line description for `--help`.
+    const ABOUT: &'static str;
+    /// Version for `--version`.
+    const VERSION: &'static str;
+    /// Prefix of the daemon's environment variables (`SERVICE_A`).
+    const ENV_PREFIX: &'static str;
+    /// Default `--listen` address.
+    const DEFAULT_LISTEN: &'static str;
+    /// The daemon's own settings, on top of [`ServerSettings`].
+    type Args: Args + FromArgMatches;
+
+    /// Builds the routes from settings that clap has already validated.
+    /// An error here is a failure to start (exit 1), not a bad setting.
+    fn build(settings: &ServerSettings, args: Self::Args) -> Result<App, String>;
+}
+
+/// A built daemon, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    /// The daemon's routes.
+    pub router: Router,
+    /// What this instance does, in words (`upstream http://..., deadline 1s`),
+    /// for `systemctl status` and `--check-config`.
+    pub summary: String,
+}
+
+/// Wraps a daemon's routes with what every request gets: the access log, the
+/// common headers, the JSON 404/405. Tests use this too, so they see what
+/// the network sees.
+pub fn service(router: Router) -> Service {
+    Service::new(router).hoop(Observe)
+}
+
+/// The whole program; `main.rs` of each daemon calls only this.
+pub fn main<D: Daemon>() -> ExitCode {
+    let cmd = D::Args::augment_args(cli::with_server_args::<D>(
+        Command::new(D::NAME).version(D::VERSION).about(D::ABOUT),
+    ));
+    let parsed = cmd.clone().try_get_matches().and_then(|m| {
+        let own = D::Args::from_arg_matches(&m)?;
+        Ok((ServerSettings::from_matches(&m)?, own))
+    });
+    let (settings, args) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
+    };
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail::<D>(
+                EXIT_RUNTIME,
+                &format!("cannot start the async runtime: {e}"),
+            );
+        }
+    };
+    runtime.block_on(run::<D>(settings, args))
+}
+
+async fn run<D: Daemon>(settings: ServerSettings, args: D::Args) -> ExitCode {
+    let app = match D::build(&settings, args) {
+        Ok(app) => app,
+        Err(e) => return fail::<D>(EXIT_RUNTIME, &e),
+    };
+    if settings.check_config {
+        #[allow(clippy::print_stdout)] // --check-config's answer is its output.
+        {
+            println!(
+                "{}: configuration OK: listen {}, max msg {} bytes, shutdown timeout {}, {}",
+                D::NAME,
+                settings.listen,
+                settings.max_msg_bytes,
+                show_duration(settings.shutdown_timeout),
+                app.summary
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut shutdown = match Shutdown::register() {
+        Ok(s) => s,
+        Err(e) => return fail::<D>(EXIT_RUNTIME, &format!("cannot handle signals: {e}")),
+    };
+    let (acceptor, addr, origin) = match listener::acquire(settings.listen).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            let setting = format!("--listen / {}_LISTEN", D::ENV_PREFIX);
+            return fail::<D>(
+                EXIT_RUNTIME,
+                &format!("cannot listen on {} ({setting}): {e}", settings.listen),
+            );
+        }
+    };
+
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    let mut serving = tokio::spawn(server.try_serve(service(app.router)));
+
+    let socket = match origin {
+        Origin::Bound => "",
+        Origin::Inherited => " (socket from systemd)",
+    };
+    let status = format!("serving on {addr}{socket}; {}", app.summary);
+    tracing::info!(version = D::VERSION, "{status}");
+    notify::ready(&status);
+    if let Some(every) = notify::spawn_watchdog() {
+        tracing::info!(
+            "systemd watchdog on: keep-alive every {}",
+            show_duration(every / 2)
+        );
+    }
+
+    let signal = tokio::select! {
+        signal = shutdown.recv() => signal,
+        ended = &mut serving => {
+            let why = match ended {
+                Ok(Ok(())) => "the server stopped on its own".to_owned(),
+                Ok(Err(e)) => format!("the server failed: {e}"),
+                Err(e) => format!("the server task failed: {e}"),
+            };
+            return fail::<D>(EXIT_RUNTIME, &why);
+        }
+    };
+    let grace = show_duration(settings.shutdown_timeout);
+    tracing::info!("{signal} received: draining in-flight requests for up to {grace}");
+    notify::stopping(&format!("{signal} received, draining for up to {grace}"));
+    handle.stop_graceful(Some(settings.shutdown_timeout));
+    tokio::select! {
+        _ = &mut serving => {}
+        signal = shutdown.recv() => {
+            tracing::warn!("{signal} received again: stopping now");
+            handle.stop_forceful();
+            let _ = serving.await;
+        }
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// The one line a failure to start prints, and its exit status.
+fn fail<D: Daemon>(code: u8, message: &str) -> ExitCode {
+    eprintln!("{}: {message}", D::NAME);
+    ExitCode::from(code)
+}

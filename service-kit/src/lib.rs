@@ -1,0 +1,21 @@
+//! What both daemons share.
+//!
+//! service-a and service-b differ in their routes and settings only; the
+//! rest of a daemon's life is here, once: reading settings
+//! ([`cli`]), decoding `msg` ([`query`]), the JSON error bodies ([`error`]),
+//! the access log and common headers ([`observe`]), the listening socket
+//! ([`listener`]), the systemd protocol ([`notify`]), signals ([`signals`])
+//! and the lifecycle that ties them together ([`daemon`]).
+
+pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod health;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod observe;
+pub mod query;
+pub mod signals;
+
+pub use daemon::{App, Daemon, service};
