@@ -52,9 +52,10 @@ pub fn service(router: Router) -> Service {
 
 /// The whole program; `main.rs` of each daemon calls only this.
 pub fn main<D: Daemon>() -> ExitCode {
-    let cmd = D::Args::augment_args(cli::with_server_args::<D>(
-        Command::new(D::NAME).version(D::VERSION).about(D::ABOUT),
-    ));
+    // The daemon's Args doc comment would become the about text: set ours last.
+    let cmd = D::Args::augment_args(cli::with_server_args::<D>(Command::new(D::NAME)))
+        .version(D::VERSION)
+        .about(D::ABOUT);
     let parsed = cmd.clone().try_get_matches().and_then(|m| {
         let own = D::Args::from_arg_matches(&m)?;
         Ok((ServerSettings::from_matches(&m)?, own))

@@ -1,1 +1,80 @@
-pub fn x() {}
+//! Test harness shared by both daemons' tests.
+//!
+//! - [`Proc`]: a daemon started as a real process on port 0. It is ready when
+//!   it says `READY=1` on a notify socket the harness owns (the same
+//!   protocol systemd speaks), which also tells the harness the bound port.
+//! - [`FakeUpstream`]: a small real TCP server that misbehaves on purpose
+//!   (hangs, trickles, sends garbage...) in place of service-a.
+//! - [`Client`]: an HTTP client that returns status, parsed JSON and latency.
+//!
+//! A harness panics on failure: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod client;
+mod fake;
+mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use client::{Client, Reply, get_in_process, request_in_process};
+pub use fake::{Behaviour, FakeUpstream, Recorded};
+pub use process::{Exited, Proc, ProcBuilder, Sig};
+
+/// Path of one of the workspace's binaries, next to the test executable.
+/// `cargo test --workspace` builds every binary before any test runs.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` saying
+/// what was awaited. The way to wait for something: never a bare sleep.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Percent-encodes `msg` as a form value, the way a browser would.
+pub fn form_encode(msg: &str) -> String {
+    url::form_urlencoded::byte_serialize(msg.as_bytes()).collect()
+}
+
+/// Serves `service` in this process on `127.0.0.1:0` until the test ends;
+/// returns its address.
+pub async fn serve_in_process(service: salvo::Service) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
+    tokio::spawn(salvo::Server::new(acceptor).try_serve(service));
+    addr
+}
+
+/// An address on which nothing listens (bound, then released).
+pub fn unused_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

@@ -1,0 +1,247 @@
+//! service-b's contract, row by row, at the handler level: salvo's
+//! in-process test client in front, and behind it a real service-a served in
+//! this process, or a fake that fails the way the row needs.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use salvo::Service;
+use salvo::http::Method;
+use serde_json::json;
+use service_b::upstream::Upstream;
+use testkit::{Behaviour, FakeUpstream, form_encode, get_in_process as get, unused_addr};
+
+const LIMIT: usize = 4096;
+
+fn service_b(upstream: SocketAddr, deadline: Duration) -> Service {
+    let url = format!("http://{upstream}").parse().unwrap();
+    let upstream = Upstream::new(&url, deadline, LIMIT).unwrap();
+    service_kit::service(service_b::router(upstream, LIMIT))
+}
+
+async fn with_real_service_a() -> Service {
+    let a = testkit::serve_in_process(service_kit::service(service_a::router(LIMIT))).await;
+    service_b(a, Duration::from_secs(1))
+}
+
+async fn with_fake(behaviour: Behaviour, deadline: Duration) -> (Service, FakeUpstream) {
+    let fake = FakeUpstream::start(behaviour).await;
+    (service_b(fake.addr, deadline), fake)
+}
+
+/// Checks the contract's 503 body and returns it.
+async fn degraded(app: &Service, kind: &str, http_status: u16) -> testkit::Reply {
+    let r = get(app, "/call-echo?msg=hi").await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json["service_b"], "ok", "{}", r.text);
+    assert_eq!(r.json["service_a"], "unavailable", "{}", r.text);
+    assert_eq!(r.json["error"], kind, "{}", r.text);
+    assert_eq!(r.json["http_status"], http_status, "{}", r.text);
+    assert!(
+        r.json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.content_type, "application/json; charset=utf-8");
+    r
+}
+
+#[tokio::test]
+async fn health_is_ok_even_with_service_a_down() {
+    let app = service_b(unused_addr(), Duration::from_secs(1));
+    let r = get(&app, "/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["status"], "ok");
+    assert_eq!(r.json["service"], "service-b");
+}
+
+#[tokio::test]
+async fn call_echo_wraps_service_a_body() {
+    let app = with_real_service_a().await;
+    for msg in [
+        "hello",
+        "a+b c",
+        "&msg=evil#frag",
+        "100%",
+        "line\nbreak",
+        "żółć 🦀",
+        "",
+    ] {
+        let r = get(&app, &format!("/call-echo?msg={}", form_encode(msg))).await;
+        assert_eq!(r.status, 200, "{msg:?}: {}", r.text);
+        assert_eq!(
+            r.json,
+            json!({"service_b": "ok", "service_a": {"echo": msg}}),
+            "{msg:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn msg_errors_are_400_before_any_upstream_call() {
+    let (app, fake) = with_fake(
+        Behaviour::json(200, r#"{"echo":"x"}"#),
+        Duration::from_secs(1),
+    )
+    .await;
+    let too_long = get(&app, &format!("/call-echo?msg={}", "x".repeat(LIMIT + 1))).await;
+    assert_eq!(
+        (too_long.status, too_long.json["error"].clone()),
+        (400, json!("msg_too_long"))
+    );
+    let bad = get(&app, "/call-echo?msg=%ff").await;
+    assert_eq!(
+        (bad.status, bad.json["error"].clone()),
+        (400, json!("bad_request"))
+    );
+    assert!(
+        fake.requests().is_empty(),
+        "service-a was called: {:?}",
+        fake.requests()
+    );
+    let at_limit = get(&app, &format!("/call-echo?msg={}", "x".repeat(LIMIT))).await;
+    assert_eq!(at_limit.status, 200, "{}", at_limit.text);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_json_404_and_405() {
+    let app = service_b(unused_addr(), Duration::from_secs(1));
+    let r = get(&app, "/call-echo/x").await;
+    assert_eq!(
+        (r.status, r.json["error"].clone()),
+        (404, json!("not_found"))
+    );
+    let r = testkit::request_in_process(&app, Method::POST, "/call-echo?msg=x").await;
+    assert_eq!(
+        (r.status, r.json["error"].clone()),
+        (405, json!("method_not_allowed"))
+    );
+}
+
+#[tokio::test]
+async fn hung_service_a_is_timeout_504_at_the_deadline() {
+    let deadline = Duration::from_millis(300);
+    let (app, _fake) = with_fake(Behaviour::Hang, deadline).await;
+    let r = degraded(&app, "timeout", 504).await;
+    assert!(
+        r.latency >= deadline,
+        "answered before the deadline: {:?}",
+        r.latency
+    );
+    assert!(
+        r.latency < deadline + Duration::from_millis(100),
+        "late: {:?}",
+        r.latency
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_past_the_deadline_is_timeout() {
+    let trickle = Behaviour::Trickle {
+        head: Behaviour::chunked_json_head(),
+        chunk: Behaviour::chunk(b" "),
+        every: Duration::from_millis(50),
+    };
+    let deadline = Duration::from_millis(300);
+    let (app, _fake) = with_fake(trickle, deadline).await;
+    let r = degraded(&app, "timeout", 504).await;
+    assert!(
+        r.latency < deadline + Duration::from_millis(100),
+        "late: {:?}",
+        r.latency
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_connection_refused_502_at_once() {
+    let app = service_b(unused_addr(), Duration::from_secs(1));
+    let r = degraded(&app, "connection_refused", 502).await;
+    assert!(r.latency < Duration::from_millis(200), "{:?}", r.latency);
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_connection_failed_502() {
+    let (app, _fake) = with_fake(Behaviour::Reset, Duration::from_secs(1)).await;
+    degraded(&app, "connection_failed", 502).await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_without_answer_is_connection_failed_502() {
+    let (app, _fake) = with_fake(Behaviour::Raw(Bytes::new()), Duration::from_secs(1)).await;
+    degraded(&app, "connection_failed", 502).await;
+}
+
+#[tokio::test]
+async fn a_non_2xx_answer_is_upstream_status_with_service_a_status() {
+    for status in [500, 503, 404, 429] {
+        let (app, _fake) = with_fake(
+            Behaviour::json(status, r#"{"error":"x"}"#),
+            Duration::from_secs(1),
+        )
+        .await;
+        degraded(&app, "upstream_status", status).await;
+    }
+    let redirect = Behaviour::Raw(Bytes::from_static(
+        b"HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:1/\r\ncontent-length: 0\r\n\r\n",
+    ));
+    let (app, _fake) = with_fake(redirect, Duration::from_secs(1)).await;
+    degraded(&app, "upstream_status", 302).await;
+}
+
+#[tokio::test]
+async fn a_2xx_that_is_not_the_expected_json_is_invalid_response_502() {
+    let cases = [
+        Behaviour::json(200, "not json"),
+        Behaviour::json(200, r#"{"echo": 42}"#),
+        Behaviour::json(200, r#"["echo"]"#),
+        Behaviour::json(200, r#"{"echo":"x"} trailing"#),
+        Behaviour::json(204, ""),
+        Behaviour::response(200, "text/html", r#"{"echo":"x"}"#),
+        Behaviour::json(
+            200,
+            &format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ),
+        Behaviour::Raw(Bytes::from_static(b"garbage, not HTTP at all\r\n\r\n")),
+    ];
+    for behaviour in cases {
+        let (app, _fake) = with_fake(behaviour.clone(), Duration::from_secs(1)).await;
+        let r = get(&app, "/call-echo?msg=hi").await;
+        assert_eq!(
+            (
+                r.status,
+                r.json["error"].clone(),
+                r.json["http_status"].clone()
+            ),
+            (503, json!("invalid_response"), json!(502)),
+            "{behaviour:?}: {}",
+            r.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huge_body_is_invalid_response_without_reading_it_all() {
+    let mb = 1 << 20;
+    // Declared up front...
+    let declared = Behaviour::Flood {
+        head: Bytes::from(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            50 * mb
+        )),
+        chunk: Bytes::from(vec![b' '; 64 * 1024]),
+        total: Some(50 * mb),
+    };
+    // ...or streamed without end.
+    let endless = Behaviour::Flood {
+        head: Behaviour::chunked_json_head(),
+        chunk: Behaviour::chunk(&[b' '; 64 * 1024]),
+        total: None,
+    };
+    for behaviour in [declared, endless] {
+        let (app, _fake) = with_fake(behaviour, Duration::from_secs(5)).await;
+        let r = degraded(&app, "invalid_response", 502).await;
+        assert!(r.latency < Duration::from_secs(1), "{:?}", r.latency);
+    }
+}

@@ -1,0 +1,245 @@
+//! The two real daemons as processes on real sockets: what a user sees with
+//! curl while service-a works, stops, hangs, breaks and comes back.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use testkit::{
+    Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Sig, eventually, form_encode, unused_addr,
+};
+
+async fn service_a() -> Proc {
+    ProcBuilder::new("service-a").spawn().await
+}
+
+async fn service_b(service_a_url: &str) -> Proc {
+    ProcBuilder::new("service-b")
+        .env("SERVICE_A_URL", service_a_url)
+        .spawn()
+        .await
+}
+
+async fn call(b: &Proc, msg: &str) -> testkit::Reply {
+    Client::new()
+        .get(&b.url(&format!("/call-echo?msg={}", form_encode(msg))))
+        .await
+}
+
+#[tokio::test]
+async fn awkward_messages_reach_service_a_intact() {
+    let a = service_a().await;
+    let b = service_b(&a.url("")).await;
+    for msg in [
+        "plain",
+        "a&b=c",
+        "#not-a-fragment",
+        "100% + 1",
+        "  spaces  ",
+        "multi\nline\r\n",
+        "../../etc/passwd",
+        "?msg=second",
+        "Ünïcödé ✓ 🦀",
+    ] {
+        let r = call(&b, msg).await;
+        assert_eq!(r.status, 200, "{msg:?}: {}", r.text);
+        assert_eq!(
+            r.json,
+            json!({"service_b": "ok", "service_a": {"echo": msg}}),
+            "{msg:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn service_a_not_listening_is_a_fast_503() {
+    let b = service_b(&format!("http://{}", unused_addr())).await;
+    let r = call(&b, "hi").await;
+    assert_eq!(
+        (r.status, r.json["error"].clone()),
+        (503, json!("connection_refused"))
+    );
+    assert_eq!(r.json["http_status"], 502);
+    assert!(
+        r.latency < Duration::from_millis(200),
+        "took {:?}",
+        r.latency
+    );
+}
+
+#[tokio::test]
+async fn hung_service_a_is_a_503_timeout_at_the_default_1s_deadline() {
+    let fake = FakeUpstream::start(Behaviour::Hang).await;
+    let b = service_b(&fake.url()).await;
+    let r = call(&b, "hi").await;
+    assert_eq!((r.status, r.json["error"].clone()), (503, json!("timeout")));
+    assert_eq!(r.json["http_status"], 504);
+    assert!(r.latency >= Duration::from_secs(1), "{:?}", r.latency);
+    assert!(r.latency < Duration::from_millis(1100), "{:?}", r.latency);
+}
+
+#[tokio::test]
+async fn a_custom_300ms_deadline_is_honoured() {
+    let fake = FakeUpstream::start(Behaviour::Hang).await;
+    let b = ProcBuilder::new("service-b")
+        .env("SERVICE_A_URL", fake.url())
+        .env("SERVICE_B_UPSTREAM_TIMEOUT", "300ms")
+        .spawn()
+        .await;
+    let r = call(&b, "hi").await;
+    assert_eq!(r.json["error"], "timeout");
+    assert!(r.latency >= Duration::from_millis(300), "{:?}", r.latency);
+    assert!(r.latency < Duration::from_millis(400), "{:?}", r.latency);
+}
+
+#[tokio::test]
+async fn headers_then_a_trickling_body_times_out_at_the_deadline() {
+    let fake = FakeUpstream::start(Behaviour::Trickle {
+        head: Behaviour::chunked_json_head(),
+        chunk: Behaviour::chunk(b"{"),
+        every: Duration::from_millis(100),
+    })
+    .await;
+    let b = service_b(&fake.url()).await;
+    let r = call(&b, "hi").await;
+    assert_eq!((r.status, r.json["error"].clone()), (503, json!("timeout")));
+    assert!(r.latency < Duration::from_millis(1100), "{:?}", r.latency);
+}
+
+#[tokio::test]
+async fn service_a_answering_500_garbage_or_50mb_is_classified() {
+    let cases = [
+        (
+            Behaviour::json(500, r#"{"error":"boom"}"#),
+            "upstream_status",
+            500,
+        ),
+        (
+            Behaviour::Raw(Bytes::from_static(b"\x00\x01\x02 garbage\r\n\r\n")),
+            "invalid_response",
+            502,
+        ),
+        (
+            Behaviour::response(200, "application/json", "<html>oops</html>"),
+            "invalid_response",
+            502,
+        ),
+        (
+            Behaviour::Flood {
+                head: Behaviour::chunked_json_head(),
+                chunk: Behaviour::chunk(&[b'x'; 64 * 1024]),
+                total: Some(50 << 20),
+            },
+            "invalid_response",
+            502,
+        ),
+    ];
+    for (behaviour, kind, http_status) in cases {
+        let fake = FakeUpstream::start(behaviour).await;
+        let b = service_b(&fake.url()).await;
+        let r = call(&b, "hi").await;
+        assert_eq!(r.status, 503, "{kind}: {}", r.text);
+        assert_eq!(r.json["error"], kind, "{}", r.text);
+        assert_eq!(r.json["http_status"], http_status, "{}", r.text);
+        assert_eq!(Client::new().get(&b.url("/health")).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn service_b_rides_out_service_a_stopping_and_restarting() {
+    let mut a = service_a().await;
+    let addr = a.addr.to_string();
+    let b = service_b(&a.url("")).await;
+    let b_pid = b.pid();
+    assert_eq!(call(&b, "before").await.status, 200);
+
+    a.signal(Sig::SIGTERM);
+    a.wait_exit(Duration::from_secs(10)).await;
+    let down = call(&b, "while down").await;
+    assert_eq!(
+        (down.status, down.json["error"].clone()),
+        (503, json!("connection_refused"))
+    );
+    assert_eq!(Client::new().get(&b.url("/health")).await.status, 200);
+
+    let _a = ProcBuilder::new("service-a")
+        .no_listen()
+        .args(["--listen", &addr])
+        .spawn()
+        .await;
+    let back = call(&b, "after").await;
+    assert_eq!(back.status, 200, "{}", back.text);
+    assert_eq!(back.json["service_a"]["echo"], "after");
+    assert_eq!(b.pid(), b_pid, "service-b was restarted");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_all_succeed() {
+    let a = service_a().await;
+    let b = service_b(&a.url("")).await;
+    let client = Client::new();
+    let calls = (0..200).map(|i| {
+        let client = client.clone();
+        let url = b.url(&format!("/call-echo?msg=n{i}"));
+        async move { (i, client.get(&url).await) }
+    });
+    for (i, r) in futures::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+        assert_eq!(r.json["service_a"]["echo"], format!("n{i}"));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_get_its_503_then_exits_0() {
+    let fake = FakeUpstream::start(Behaviour::Hang).await;
+    let mut b = service_b(&fake.url()).await;
+    let url = b.url("/call-echo?msg=in-flight");
+    let in_flight = tokio::spawn(async move { Client::new().get(&url).await });
+    eventually(
+        "the call to reach service-a",
+        Duration::from_secs(5),
+        || {
+            let n = fake.requests().len();
+            async move { (n > 0).then_some(()) }
+        },
+    )
+    .await;
+
+    b.signal(Sig::SIGTERM);
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.json["error"].clone()),
+        (503, json!("timeout")),
+        "{}",
+        r.text
+    );
+    let status = b.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", b.logs());
+    // New connections are no longer served once the drain has finished.
+    assert!(Client::new().try_get(&b.url("/health")).await.is_err());
+}
+
+#[tokio::test]
+async fn every_degraded_answer_is_logged_at_warn_with_its_kind_and_status() {
+    let b = service_b(&format!("http://{}", unused_addr())).await;
+    call(&b, "hi").await;
+    b.wait_for_log("degraded answer", Duration::from_secs(5))
+        .await;
+    let line = b
+        .logs()
+        .lines()
+        .find(|l| l.contains("degraded answer"))
+        .unwrap()
+        .to_owned();
+    for needle in [
+        "WARN",
+        "endpoint=\"/call-echo\"",
+        "status=503",
+        "kind=\"connection_refused\"",
+        "upstream_status=502",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+}

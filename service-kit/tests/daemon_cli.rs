@@ -1,0 +1,229 @@
+//! What both daemons promise as programs: `--help`, one-line errors with
+//! exit status 2 for a bad setting and 1 for a failure at run time,
+//! `--check-config`, and a clean exit on SIGTERM/SIGINT. Every check runs
+//! against both real binaries.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::time::Duration;
+
+use testkit::{ProcBuilder, Sig};
+
+const DAEMONS: [(&str, &str); 2] = [("service-a", "SERVICE_A"), ("service-b", "SERVICE_B")];
+const EXIT_WITHIN: Duration = Duration::from_secs(10);
+
+fn assert_one_line_error(out: &testkit::Exited, code: i32, needles: &[&str], case: &str) {
+    assert_eq!(out.code, Some(code), "{case}: stderr: {}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{case}: expected one line, got:\n{}",
+        out.stderr
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{case}: {needle:?} not in {:?}",
+            lines[0]
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{case}: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn help_documents_every_flag_with_its_variable_and_default() {
+    for (name, prefix) in DAEMONS {
+        let out = ProcBuilder::new(name)
+            .no_listen()
+            .arg("--help")
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_eq!(out.code, Some(0), "{name}");
+        let help = out.stdout;
+        let (port, about) = if name == "service-a" {
+            (8080, "The echo daemon")
+        } else {
+            (8081, "The caller daemon")
+        };
+        assert!(help.starts_with(about), "{name} --help:\n{help}");
+        for expected in [
+            "--listen".to_owned(),
+            format!("[env: {prefix}_LISTEN=]"),
+            format!("[default: 127.0.0.1:{port}]"),
+            format!("[env: {prefix}_MAX_MSG_BYTES=]"),
+            "[default: 4096]".to_owned(),
+            format!("[env: {prefix}_SHUTDOWN_TIMEOUT=]"),
+            "--check-config".to_owned(),
+        ] {
+            assert!(
+                help.contains(&expected),
+                "{name} --help lacks {expected:?}:\n{help}"
+            );
+        }
+        if name == "service-b" {
+            for expected in [
+                "--service-a-url",
+                "[env: SERVICE_A_URL=]",
+                "[default: http://127.0.0.1:8080]",
+                "--upstream-timeout",
+                "[env: SERVICE_B_UPSTREAM_TIMEOUT=]",
+                "[default: 1s]",
+            ] {
+                assert!(
+                    help.contains(expected),
+                    "service-b --help lacks {expected:?}:\n{help}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn version_prints_and_exits_0() {
+    for (name, _) in DAEMONS {
+        let out = ProcBuilder::new(name)
+            .no_listen()
+            .arg("--version")
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_eq!(out.code, Some(0));
+        assert!(out.stdout.starts_with(name), "{}", out.stdout);
+    }
+}
+
+#[tokio::test]
+async fn a_bad_setting_is_one_line_naming_flag_and_variable_and_exit_2() {
+    for (name, prefix) in DAEMONS {
+        let listen_env = format!("{prefix}_LISTEN");
+        let timeout_env = format!("{prefix}_SHUTDOWN_TIMEOUT");
+        let limit_env = format!("{prefix}_MAX_MSG_BYTES");
+        let cases: Vec<(ProcBuilder, Vec<&str>)> = vec![
+            (
+                ProcBuilder::new(name)
+                    .no_listen()
+                    .args(["--listen", "nonsense"]),
+                vec!["--listen", &listen_env, "nonsense"],
+            ),
+            (
+                ProcBuilder::new(name)
+                    .no_listen()
+                    .env(&listen_env, "localhost:80"),
+                vec!["--listen", &listen_env, "localhost:80"],
+            ),
+            (
+                ProcBuilder::new(name).args(["--shutdown-timeout", "0s"]),
+                vec!["--shutdown-timeout", &timeout_env, "greater than zero"],
+            ),
+            (
+                ProcBuilder::new(name).env(&limit_env, "lots"),
+                vec!["--max-msg-bytes", &limit_env, "lots"],
+            ),
+        ];
+        for (builder, needles) in cases {
+            let case = format!("{name} {builder:?}");
+            let out = builder.run_to_exit(EXIT_WITHIN).await;
+            assert_one_line_error(&out, 2, &needles, &case);
+        }
+    }
+}
+
+#[tokio::test]
+async fn service_b_checks_its_own_settings() {
+    let cases = [
+        ("--service-a-url", "https://127.0.0.1:8080", "SERVICE_A_URL"),
+        ("--service-a-url", "127.0.0.1:8080", "SERVICE_A_URL"),
+        ("--upstream-timeout", "fast", "SERVICE_B_UPSTREAM_TIMEOUT"),
+        ("--upstream-timeout", "0ms", "SERVICE_B_UPSTREAM_TIMEOUT"),
+    ];
+    for (flag, value, env) in cases {
+        let by_flag = ProcBuilder::new("service-b")
+            .args([flag, value])
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_one_line_error(&by_flag, 2, &[flag, env], &format!("{flag} {value}"));
+        let by_env = ProcBuilder::new("service-b")
+            .env(env, value)
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_one_line_error(&by_env, 2, &[flag, env], &format!("{env}={value}"));
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_flag_is_one_line_and_exit_2() {
+    for (name, _) in DAEMONS {
+        let out = ProcBuilder::new(name)
+            .arg("--frobnicate")
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_one_line_error(&out, 2, &["--frobnicate"], name);
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (name, prefix) in DAEMONS {
+        let out = ProcBuilder::new(name)
+            .no_listen()
+            .args(["--listen", &addr])
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        let env = format!("{prefix}_LISTEN");
+        assert_one_line_error(&out, 1, &[&addr, "--listen", &env, "in use"], name);
+    }
+}
+
+#[tokio::test]
+async fn check_config_validates_without_listening() {
+    // The port is taken: a daemon that tried to bind would fail.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (name, _) in DAEMONS {
+        let out = ProcBuilder::new(name)
+            .no_listen()
+            .args(["--listen", &addr, "--check-config"])
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+        assert!(out.stdout.contains("configuration OK"), "{}", out.stdout);
+        assert!(out.stdout.contains(&addr), "{}", out.stdout);
+
+        let bad = ProcBuilder::new(name)
+            .args(["--check-config", "--shutdown-timeout", "soon"])
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_one_line_error(&bad, 2, &["--shutdown-timeout"], name);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_stop_cleanly_with_status_0() {
+    for (name, _) in DAEMONS {
+        for signal in [Sig::SIGTERM, Sig::SIGINT] {
+            let mut proc = ProcBuilder::new(name).spawn().await;
+            let health = testkit::Client::new().get(&proc.url("/health")).await;
+            assert_eq!(health.status, 200);
+            proc.signal(signal);
+            let status = proc.wait_exit(EXIT_WITHIN).await;
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "{name} after {signal}: {}",
+                proc.logs()
+            );
+            assert!(
+                proc.logs().contains(&format!("{signal} received")),
+                "{}",
+                proc.logs()
+            );
+            let notes = proc.notifications().join("");
+            assert!(notes.contains("STOPPING=1"), "{name} sent {notes:?}");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! A daemon as a real process: started on port 0 with a clean environment,
+//! ready when it sends `READY=1` to the notify socket this harness owns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+
+use crate::eventually;
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct ProcBuilder {
+    bin: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    listen: bool,
+}
+
+/// What a process printed and how it ended.
+#[derive(Debug)]
+pub struct Exited {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl ProcBuilder {
+    /// The workspace binary `name`, told to listen on `127.0.0.1:0`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            bin: crate::bin(name),
+            args: Vec::new(),
+            envs: vec![("RUST_LOG".into(), "info".into())],
+            listen: true,
+        }
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds several command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable (the environment starts empty).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Do not add `--listen 127.0.0.1:0` (the test sets the address itself).
+    pub fn no_listen(mut self) -> Self {
+        self.listen = false;
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        if self.listen {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs to completion (for command-line checks), killing it after `timeout`.
+    pub async fn run_to_exit(self, timeout: Duration) -> Exited {
+        let child = self.command().spawn().unwrap();
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.bin.display()))
+            .unwrap();
+        Exited {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the daemon and waits (up to 10 s) until it is ready.
+    pub async fn spawn(self) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let socket_path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let mut cmd = self.command();
+        cmd.env("NOTIFY_SOCKET", &socket_path);
+        let mut child = cmd.spawn().unwrap();
+
+        let output = Arc::new(Mutex::new(String::new()));
+        collect(child.stderr.take().unwrap(), output.clone());
+        collect(child.stdout.take().unwrap(), output.clone());
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let sink = notes.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+
+        let mut proc = Proc {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            output,
+            notes,
+            _dir: dir,
+        };
+        let name = self.bin.display().to_string();
+        proc.addr = eventually(
+            &format!("{name} to send READY=1"),
+            Duration::from_secs(10),
+            || {
+                let ready = proc.ready_addr();
+                let exited = proc.child.try_wait().ok().flatten();
+                let logs = proc.logs();
+                let name = name.clone();
+                async move {
+                    if let Some(status) = exited {
+                        panic!("{name} exited ({status}) before it was ready:\n{logs}");
+                    }
+                    ready
+                }
+            },
+        )
+        .await;
+        proc
+    }
+}
+
+fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut out = into.lock().unwrap();
+            out.push_str(&line);
+            out.push('\n');
+        }
+    });
+}
+
+/// A running daemon. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    output: Arc<Mutex<String>>,
+    notes: Arc<Mutex<Vec<String>>>,
+    /// Holds the notify socket's directory for the process's lifetime.
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// `http://ADDR/path`.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    /// Everything it wrote on stderr and stdout so far.
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Every datagram it sent to the notify socket so far.
+    pub fn notifications(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    fn ready_addr(&self) -> Option<SocketAddr> {
+        let notes = self.notes.lock().unwrap();
+        let ready = notes.iter().find(|n| n.lines().any(|l| l == "READY=1"))?;
+        let status = ready.lines().find_map(|l| l.strip_prefix("STATUS="))?;
+        let addr = status.strip_prefix("serving on ")?;
+        addr.split([';', ' ']).next()?.parse().ok()
+    }
+
+    /// Sends `signal` (SIGTERM, SIGSTOP...).
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// Waits for it to exit, panicking after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "process did not exit within {timeout:?}; logs:\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    /// Waits until its logs contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        eventually(&format!("log line containing {needle:?}"), timeout, || {
+            let found = self.logs().contains(needle);
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
+}
+
+pub use nix::sys::signal::Signal as Sig;
