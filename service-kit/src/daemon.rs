@@ -64,7 +64,10 @@ pub fn main<D: Daemon>() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
     };
-    logging::init();
+    let log_warning = logging::init(Vec::new());
+    if let Some(warning) = log_warning {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

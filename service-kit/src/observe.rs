@@ -60,19 +60,26 @@ impl Handler for Observe {
         let route = route_of(req);
         let endpoint = route.as_deref().unwrap_or("(none)");
         let status = status.as_u16();
+        // The message reads on its own (`journalctl` shows only it by
+        // default); the fields are for filtering.
         match depot.get_typed::<Degraded>() {
             Ok(d) => tracing::warn!(
                 target: "access",
                 method, endpoint, status, latency_ms,
                 kind = d.kind, upstream_status = d.upstream_status,
-                "degraded answer"
+                "{method} {endpoint} {status} degraded: {} (upstream {}) in {latency_ms} ms",
+                d.kind, d.upstream_status
             ),
-            Err(_) if status >= 500 => {
-                tracing::error!(target: "access", method, endpoint, status, latency_ms, "request failed")
-            }
-            Err(_) => {
-                tracing::info!(target: "access", method, endpoint, status, latency_ms, "request")
-            }
+            Err(_) if status >= 500 => tracing::error!(
+                target: "access",
+                method, endpoint, status, latency_ms,
+                "{method} {endpoint} {status} in {latency_ms} ms"
+            ),
+            Err(_) => tracing::info!(
+                target: "access",
+                method, endpoint, status, latency_ms,
+                "{method} {endpoint} {status} in {latency_ms} ms"
+            ),
         }
     }
 }
