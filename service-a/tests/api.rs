@@ -7,7 +7,7 @@ use serde_json::json;
 use testkit::{form_encode, get_in_process as get, request_in_process};
 
 fn app(max_msg_bytes: usize) -> Service {
-    service_kit::service(service_a::router(max_msg_bytes))
+    service_kit::service::<service_a::ServiceA>(service_a::router(max_msg_bytes))
 }
 
 #[tokio::test]

@@ -10,6 +10,9 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::metrics::Counter;
+use opentelemetry::{KeyValue, global};
+use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use salvo::http::StatusCode;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Router, Scribe, async_trait};
 use serde::Serialize;
@@ -18,6 +21,7 @@ use service_kit::error::{ApiError, write_json, write_json_value};
 use service_kit::health::Health;
 use service_kit::observe::Degraded;
 use service_kit::query::msg_from_query;
+use service_kit::telemetry::current_trace_id;
 use service_kit::{App, Daemon};
 use url::Url;
 
@@ -77,13 +81,20 @@ impl Daemon for ServiceB {
     }
 }
 
-/// The routes, calling `upstream`.
+/// The routes, calling `upstream`. Takes its instruments from the global
+/// meter provider: build it after telemetry has started.
 pub fn router(upstream: Upstream, max_msg_bytes: usize) -> Router {
+    let degraded = global::meter("service-b")
+        .u64_counter("service_b.degraded_responses")
+        .with_unit("{response}")
+        .with_description("Answers of /call-echo degraded to 503, by error.type.")
+        .build();
     Router::new()
         .push(Router::with_path("health").get(Health::new(ServiceB::NAME, ServiceB::VERSION)))
         .push(Router::with_path("call-echo").get(CallEcho {
             upstream: Arc::new(upstream),
             max_msg_bytes,
+            degraded,
         }))
 }
 
@@ -94,6 +105,8 @@ struct CallEcho {
     upstream: Arc<Upstream>,
     /// Longest `msg` accepted, checked before any call.
     max_msg_bytes: usize,
+    /// `service_b.degraded_responses`, by `error.type`.
+    degraded: Counter<u64>,
 }
 
 /// The contract's 503 body.
@@ -134,7 +147,11 @@ impl Handler for CallEcho {
                 body.push(b'}');
                 write_json(res, StatusCode::OK, body);
             }
-            Err(e) => degrade(depot, res, &e),
+            Err(e) => {
+                self.degraded
+                    .add(1, &[KeyValue::new(ERROR_TYPE, e.kind.as_str())]);
+                degrade(depot, res, &e);
+            }
         }
     }
 }
@@ -150,7 +167,7 @@ fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
         service_a: "unavailable",
         error: e.kind.as_str(),
         http_status,
-        trace_id: None,
+        trace_id: current_trace_id(),
         message: &e.detail,
     };
     write_json_value(res, StatusCode::SERVICE_UNAVAILABLE, &body);

@@ -5,12 +5,24 @@
 use std::borrow::Cow;
 use std::error::Error as _;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use opentelemetry::metrics::Histogram;
+use opentelemetry::trace::Status;
+use opentelemetry::{KeyValue, global};
+use opentelemetry_http::HeaderInjector;
+use opentelemetry_semantic_conventions::attribute::{
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, SERVER_ADDRESS, SERVER_PORT,
+    URL_FULL, URL_TEMPLATE,
+};
+use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
+use service_kit::telemetry::DURATION_BUCKETS;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
 
 /// What went wrong upstream: the contract's `error` values.
@@ -94,6 +106,13 @@ pub struct Upstream {
     deadline: Duration,
     /// Largest body accepted from service-a; more is `invalid_response`.
     max_body: usize,
+    /// `url.full` for spans, with the user's `msg` redacted.
+    url_for_spans: String,
+    /// `server.address` and `server.port` (and the method), on every call's
+    /// span and metric.
+    peer: [KeyValue; 3],
+    /// `http.client.request.duration`, seconds.
+    duration: Histogram<f64>,
 }
 
 impl Upstream {
@@ -112,11 +131,32 @@ impl Upstream {
             .user_agent(concat!("service-b/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let echo_url = echo_url(base);
+        let peer = [
+            KeyValue::new(HTTP_REQUEST_METHOD, "GET"),
+            KeyValue::new(
+                SERVER_ADDRESS,
+                echo_url.host_str().unwrap_or_default().to_owned(),
+            ),
+            KeyValue::new(
+                SERVER_PORT,
+                i64::from(echo_url.port_or_known_default().unwrap_or(80)),
+            ),
+        ];
+        let duration = global::meter("service-b")
+            .f64_histogram(HTTP_CLIENT_REQUEST_DURATION)
+            .with_unit("s")
+            .with_description("Duration of HTTP client requests.")
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build();
         Ok(Self {
             client,
-            echo_url: echo_url(base),
+            url_for_spans: format!("{echo_url}?msg=REDACTED"),
+            echo_url,
             deadline,
             max_body: (max_msg_bytes * 6 + 1024).max(64 * 1024),
+            peer,
+            duration,
         })
     }
 
@@ -131,14 +171,48 @@ impl Upstream {
     }
 
     /// Calls `GET /echo?msg=...` and returns service-a's JSON body, checked.
+    /// Each call is a CLIENT span (child of the current span, its context
+    /// sent as `traceparent`) and a `http.client.request.duration` sample.
     pub async fn echo(&self, msg: &str) -> Result<Bytes, UpstreamError> {
         let mut url = self.echo_url.clone();
         // Form encoding, as service-a decodes it; never string concatenation.
         url.query_pairs_mut().append_pair("msg", msg);
-        match tokio::time::timeout(self.deadline, self.fetch(url)).await {
+
+        let span = tracing::info_span!("upstream", otel.name = "GET /echo", otel.kind = "client");
+        for kv in &self.peer {
+            span.set_attribute(kv.key.clone(), kv.value.clone());
+        }
+        span.set_attribute(URL_FULL, self.url_for_spans.clone());
+        span.set_attribute(URL_TEMPLATE, "/echo");
+        let mut headers = HeaderMap::new();
+        global::get_text_map_propagator(|p| {
+            p.inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+        });
+
+        let started = Instant::now();
+        let call = tokio::time::timeout(self.deadline, self.fetch(url, headers));
+        let result = match call.instrument(span.clone()).await {
             Ok(result) => result,
             Err(_) => Err(self.timed_out()),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let mut attributes = self.peer.to_vec();
+        let status = match &result {
+            Ok((status, _)) => Some(*status),
+            Err(e) => e.status,
+        };
+        if let Some(status) = status {
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(status));
+            attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
         }
+        if let Err(e) = &result {
+            span.set_attribute(ERROR_TYPE, e.kind.as_str());
+            span.set_status(Status::error(e.detail.clone()));
+            attributes.push(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
+        }
+        self.duration.record(elapsed, &attributes);
+        result.map(|(_, body)| body)
     }
 
     fn timed_out(&self) -> UpstreamError {
@@ -151,10 +225,11 @@ impl Upstream {
         )
     }
 
-    async fn fetch(&self, url: Url) -> Result<Bytes, UpstreamError> {
+    async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), UpstreamError> {
         let mut response = self
             .client
             .get(url)
+            .headers(headers)
             .send()
             .await
             .map_err(|e| self.classify(&e))?;
@@ -206,7 +281,7 @@ impl Upstream {
                 "service-a's body is not {{\"echo\": string}}: {e}"
             )));
         }
-        Ok(body.freeze())
+        Ok((status.as_u16(), body.freeze()))
     }
 
     fn classify(&self, e: &reqwest::Error) -> UpstreamError {

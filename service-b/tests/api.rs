@@ -18,11 +18,14 @@ const LIMIT: usize = 4096;
 fn service_b(upstream: SocketAddr, deadline: Duration) -> Service {
     let url = format!("http://{upstream}").parse().unwrap();
     let upstream = Upstream::new(&url, deadline, LIMIT).unwrap();
-    service_kit::service(service_b::router(upstream, LIMIT))
+    service_kit::service::<service_b::ServiceB>(service_b::router(upstream, LIMIT))
 }
 
 async fn with_real_service_a() -> Service {
-    let a = testkit::serve_in_process(service_kit::service(service_a::router(LIMIT))).await;
+    let a = testkit::serve_in_process(service_kit::service::<service_a::ServiceA>(
+        service_a::router(LIMIT),
+    ))
+    .await;
     service_b(a, Duration::from_secs(1))
 }
 

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Command, FromArgMatches};
 use salvo::{Router, Server, Service};
 
-use crate::cli::{self, EXIT_RUNTIME, ServerSettings, show_duration};
+use crate::cli::{self, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
 use crate::signals::Shutdown;
+use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
 use crate::{logging, notify};
 
 /// What a daemon tells the shared lifecycle about itself.
@@ -43,11 +44,11 @@ pub struct App {
     pub summary: String,
 }
 
-/// Wraps a daemon's routes with what every request gets: the access log, the
-/// common headers, the JSON 404/405. Tests use this too, so they see what
-/// the network sees.
-pub fn service(router: Router) -> Service {
-    Service::new(router).hoop(Observe)
+/// Wraps a daemon's routes with what every request gets: the server span and
+/// metrics, the access log, the common headers, the JSON 404/405. Tests use
+/// this too, so they see what the network sees.
+pub fn service<D: Daemon>(router: Router) -> Service {
+    Service::new(router).hoop(Observe::new(D::NAME))
 }
 
 /// The whole program; `main.rs` of each daemon calls only this.
@@ -64,8 +65,20 @@ pub fn main<D: Daemon>() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
     };
-    let log_warning = logging::init(Vec::new());
-    if let Some(warning) = log_warning {
+    let otel = match TelemetrySettings::from_env() {
+        Ok(otel) => otel,
+        Err(e) => return fail::<D>(EXIT_CONFIG, &e),
+    };
+    // --check-config starts no exporter: it only reads settings.
+    let (telemetry, otel_layer) = if settings.check_config {
+        (Telemetry::default(), None)
+    } else {
+        match Telemetry::start(otel, D::NAME, D::VERSION) {
+            Ok(started) => started,
+            Err(e) => return fail::<D>(EXIT_RUNTIME, &e),
+        }
+    };
+    if let Some(warning) = logging::init(otel_layer.into_iter().collect()) {
         tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,10 +93,22 @@ pub fn main<D: Daemon>() -> ExitCode {
             );
         }
     };
-    runtime.block_on(run::<D>(settings, args))
+    let code = runtime.block_on(async move {
+        let code = run::<D>(settings, args, otel).await;
+        telemetry.shutdown(FLUSH_BOUND).await;
+        code
+    });
+    // A flush that gave up may still block a thread on a collector that
+    // never answers; dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }
 
-async fn run<D: Daemon>(settings: ServerSettings, args: D::Args) -> ExitCode {
+async fn run<D: Daemon>(
+    settings: ServerSettings,
+    args: D::Args,
+    otel: TelemetrySettings,
+) -> ExitCode {
     let app = match D::build(&settings, args) {
         Ok(app) => app,
         Err(e) => return fail::<D>(EXIT_RUNTIME, &e),
@@ -92,12 +117,13 @@ async fn run<D: Daemon>(settings: ServerSettings, args: D::Args) -> ExitCode {
         #[allow(clippy::print_stdout)] // --check-config's answer is its output.
         {
             println!(
-                "{}: configuration OK: listen {}, max msg {} bytes, shutdown timeout {}, {}",
+                "{}: configuration OK: listen {}, max msg {} bytes, shutdown timeout {}, {}; {}",
                 D::NAME,
                 settings.listen,
                 settings.max_msg_bytes,
                 show_duration(settings.shutdown_timeout),
-                app.summary
+                app.summary,
+                otel.summary()
             );
         }
         return ExitCode::SUCCESS;
@@ -119,13 +145,17 @@ async fn run<D: Daemon>(settings: ServerSettings, args: D::Args) -> ExitCode {
 
     let server = Server::new(acceptor);
     let handle = server.handle();
-    let mut serving = tokio::spawn(server.try_serve(service(app.router)));
+    let mut serving = tokio::spawn(server.try_serve(service::<D>(app.router)));
 
     let socket = match origin {
         Origin::Bound => "",
         Origin::Inherited => " (socket from systemd)",
     };
-    let status = format!("serving on {addr}{socket}; {}", app.summary);
+    let status = format!(
+        "serving on {addr}{socket}; {}; {}",
+        app.summary,
+        otel.summary()
+    );
     tracing::info!(version = D::VERSION, "{status}");
     notify::ready(&status);
     if let Some(every) = notify::spawn_watchdog() {

@@ -3,7 +3,8 @@
 //! service-a and service-b differ in their routes and settings only; the
 //! rest of a daemon's life is here, once: reading settings
 //! ([`cli`]), decoding `msg` ([`query`]), the JSON error bodies ([`error`]),
-//! the access log and common headers ([`observe`]), the listening socket
+//! the server span, metrics, access log and common headers ([`observe`]),
+//! OpenTelemetry export ([`telemetry`]), the listening socket
 //! ([`listener`]), the systemd protocol ([`notify`]), signals ([`signals`])
 //! and the lifecycle that ties them together ([`daemon`]).
 
@@ -17,5 +18,6 @@ pub mod notify;
 pub mod observe;
 pub mod query;
 pub mod signals;
+pub mod telemetry;
 
 pub use daemon::{App, Daemon, service};

@@ -4,13 +4,25 @@
 //! works; otherwise they are text lines on stderr. `RUST_LOG` filters both
 //! (default `info`).
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// OpenTelemetry's own complaints (a collector that is down fails every
+/// export) are let through at most this often.
+pub const SDK_ERROR_EVERY: Duration = Duration::from_secs(60);
 
 /// A layer on the global subscriber (the OpenTelemetry bridge, for one).
 pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -29,11 +41,30 @@ pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
         Err(_) => (EnvFilter::new("info"), None),
     };
     let mut layers = extra;
-    layers.push(output());
+    layers.push(output().with_filter(rate_limit_sdk_errors()).boxed());
     let _ = Registry::default()
         .with(layers.with_filter(filter))
         .try_init();
     warning
+}
+
+/// Lets one event of the OpenTelemetry SDK through per [`SDK_ERROR_EVERY`]:
+/// a dead collector is worth a line a minute, not one per export.
+fn rate_limit_sdk_errors() -> FilterFn {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    FilterFn::new(|meta| {
+        if !meta.target().starts_with("opentelemetry") || !meta.is_event() {
+            return true;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = LAST.load(Ordering::Relaxed);
+        (last == 0 || now >= last + SDK_ERROR_EVERY.as_secs())
+            && LAST
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    })
 }
 
 fn output() -> BoxedLayer {
@@ -45,9 +76,47 @@ fn output() -> BoxedLayer {
     }
     Box::new(
         tracing_subscriber::fmt::layer()
+            .fmt_fields(TextFields)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal()),
     )
+}
+
+/// Fields on a text line as `name=value`, without the `otel.*` fields that
+/// only steer the OpenTelemetry bridge: `request{trace_id=...}`.
+#[derive(Debug)]
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("otel.") {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{sep}{value:?}"),
+            name => write!(self.writer, "{sep}{name}={value:?}"),
+        };
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` of the stream it connected to

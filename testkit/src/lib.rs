@@ -12,6 +12,7 @@
 
 mod client;
 mod fake;
+mod otlp;
 mod process;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Client, Reply, get_in_process, request_in_process};
 pub use fake::{Behaviour, FakeUpstream, Recorded};
+pub use otlp::{Attr, OtlpReceiver, Point, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span};
 pub use process::{Exited, Proc, ProcBuilder, Sig};
 
 /// Path of one of the workspace's binaries, next to the test executable.
@@ -77,4 +79,21 @@ pub fn unused_addr() -> std::net::SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// A server that accepts connections and never answers, for the whole test
+/// binary's life (a plain thread: it outlives each test's runtime).
+pub fn black_hole() -> std::net::SocketAddr {
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        addr
+    })
 }

@@ -36,12 +36,27 @@ pub struct Exited {
 }
 
 impl ProcBuilder {
-    /// The workspace binary `name`, told to listen on `127.0.0.1:0`.
+    /// The workspace binary `name`, told to listen on `127.0.0.1:0`, with
+    /// telemetry on and exporting to a collector that is not there: nothing
+    /// listens at its address, or, with `TESTKIT_OTLP=blackhole` in the
+    /// test's environment, it accepts and never answers. Either way the
+    /// daemons must behave exactly as the contract says. Tests that check
+    /// telemetry point `OTEL_EXPORTER_OTLP_ENDPOINT` at a receiver instead.
     pub fn new(name: &str) -> Self {
+        let collector = match std::env::var("TESTKIT_OTLP").as_deref() {
+            Ok("blackhole") => crate::black_hole(),
+            _ => crate::unused_addr(),
+        };
         Self {
             bin: crate::bin(name),
             args: Vec::new(),
-            envs: vec![("RUST_LOG".into(), "info".into())],
+            envs: vec![
+                ("RUST_LOG".into(), "info".into()),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    format!("http://{collector}"),
+                ),
+            ],
             listen: true,
         }
     }

@@ -1,0 +1,322 @@
+//! OpenTelemetry: traces and metrics over OTLP/HTTP (protobuf), configured by
+//! the standard `OTEL_*` variables, never on the request path.
+//!
+//! Spans are `tracing` spans bridged by tracing-opentelemetry; a batch
+//! processor on its own thread exports them, and a periodic reader exports
+//! cumulative metrics. A collector that is down, refuses or never answers
+//! only costs that thread its export timeout: the bounded queue drops what
+//! does not fit and requests never wait. On exit both are flushed within a
+//! bound shorter than the unit's `TimeoutStopSec=`.
+
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{KeyValue, global};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_semantic_conventions::resource::{
+    HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_VERSION,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+
+use crate::logging::BoxedLayer;
+
+/// Where OTLP goes when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset (the spec's
+/// default, and where the bundled compose stack listens).
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
+
+/// Longest a flush on exit may take: below `TimeoutStopSec=` minus the drain.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
+
+/// The semantic conventions' buckets for HTTP durations, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
+/// `OTEL_METRICS_EXPORTER` and the protocol variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// Export spans.
+    pub traces: bool,
+    /// Export metrics.
+    pub metrics: bool,
+}
+
+impl TelemetrySettings {
+    /// Reads and checks the variables; an error names the variable.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let disabled = match var("OTEL_SDK_DISABLED").as_deref().map(str::trim) {
+            None | Some("") => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => return Err(format!("OTEL_SDK_DISABLED={v:?}: expected true or false")),
+        };
+        let exporter = |name: &str| match var(name).as_deref().map(str::trim) {
+            None | Some("") | Some("otlp") => Ok(true),
+            Some("none") => Ok(false),
+            Some(v) => Err(format!(
+                "{name}={v:?}: this build supports \"otlp\" or \"none\""
+            )),
+        };
+        let traces = exporter("OTEL_TRACES_EXPORTER")? && !disabled;
+        let metrics = exporter("OTEL_METRICS_EXPORTER")? && !disabled;
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ] {
+            match var(name).as_deref().map(str::trim) {
+                None | Some("") | Some("http/protobuf") => {}
+                Some(v) => {
+                    return Err(format!(
+                        "{name}={v:?}: this build speaks OTLP over http/protobuf only (port 4318)"
+                    ));
+                }
+            }
+        }
+        Ok(Self { traces, metrics })
+    }
+
+    /// One line for `systemctl status` and `--check-config`.
+    pub fn summary(&self) -> String {
+        let what = match (self.traces, self.metrics) {
+            (false, false) => return "telemetry off".to_owned(),
+            (true, true) => "traces and metrics",
+            (true, false) => "traces",
+            (false, true) => "metrics",
+        };
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        format!("OTLP {what} to {endpoint}")
+    }
+}
+
+/// The running providers, kept to flush them on exit.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Starts the exporters `settings` asks for, installs the global meter
+    /// provider and propagator, and returns the layer that turns `tracing`
+    /// spans into OpenTelemetry spans. Call before creating any instrument:
+    /// a meter taken earlier stays a no-op.
+    pub fn start(
+        settings: TelemetrySettings,
+        service: &str,
+        version: &str,
+    ) -> Result<(Self, Option<BoxedLayer>), String> {
+        global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+        let resource = resource(service, version);
+        let mut telemetry = Self::default();
+        let mut layer = None;
+        if settings.traces {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| format!("cannot set up OTLP trace export: {e}"))?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.clone())
+                .build();
+            let tracer = provider.tracer(service.to_owned());
+            // Only our own spans: the exporter's HTTP client must not trace
+            // itself, and the access log stays a log (its facts are already
+            // the server span's attributes).
+            let ours = Targets::new()
+                .with_target("access", tracing::level_filters::LevelFilter::OFF)
+                .with_target("hyper", tracing::Level::ERROR)
+                .with_target("reqwest", tracing::Level::ERROR)
+                .with_target("opentelemetry", tracing::Level::ERROR)
+                .with_default(tracing::Level::TRACE);
+            layer = Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_target(false)
+                    .with_level(false)
+                    .with_filter(ours)
+                    .boxed(),
+            );
+            telemetry.tracer = Some(provider);
+        }
+        if settings.metrics {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| format!("cannot set up OTLP metric export: {e}"))?;
+            let provider = SdkMeterProvider::builder()
+                .with_periodic_exporter(exporter)
+                .with_resource(resource)
+                .build();
+            global::set_meter_provider(provider.clone());
+            telemetry.meter = Some(provider);
+        }
+        Ok((telemetry, layer))
+    }
+
+    /// Flushes and stops both providers, giving up after `bound`.
+    pub async fn shutdown(self, bound: Duration) {
+        if self.tracer.is_none() && self.meter.is_none() {
+            return;
+        }
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = self.tracer
+                && let Err(e) = tracer.shutdown_with_timeout(bound)
+            {
+                tracing::warn!("flushing traces on exit failed: {e}");
+            }
+            if let Some(meter) = self.meter
+                && let Err(e) = meter.shutdown()
+            {
+                tracing::warn!("flushing metrics on exit failed: {e}");
+            }
+        });
+        if tokio::time::timeout(bound, flush).await.is_err() {
+            tracing::warn!(
+                "telemetry not flushed within {}s; exiting anyway",
+                bound.as_secs_f32()
+            );
+        }
+    }
+}
+
+/// `service.name` (unless the variables set it), `service.version`,
+/// `service.instance.id`, `host.name`, plus `OTEL_RESOURCE_ATTRIBUTES`.
+fn resource(service: &str, version: &str) -> Resource {
+    let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim_start().starts_with("service.name="))
+        });
+    let mut builder = Resource::builder().with_attributes([
+        KeyValue::new(SERVICE_VERSION, version.to_owned()),
+        KeyValue::new(SERVICE_INSTANCE_ID, instance_id()),
+        KeyValue::new(HOST_NAME, host_name()),
+    ]);
+    if !named_by_env {
+        builder = builder.with_service_name(service.to_owned());
+    }
+    builder.build()
+}
+
+/// A fresh id per process: tells two runs of the same daemon apart.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_nanos()))
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// The trace id of the current span as 32 hex digits, if tracing is on.
+pub fn current_trace_id() -> Option<String> {
+    trace_id_of(&tracing::Span::current())
+}
+
+/// The trace id of `span` as 32 hex digits, if it belongs to a trace.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let span_cx = cx.span().span_context().clone();
+    span_cx.is_valid().then(|| span_cx.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<TelemetrySettings, String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        TelemetrySettings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn both_signals_on_by_default() {
+        assert_eq!(
+            settings(&[]),
+            Ok(TelemetrySettings {
+                traces: true,
+                metrics: true
+            })
+        );
+    }
+
+    #[test]
+    fn each_signal_can_be_turned_off() {
+        let off = TelemetrySettings {
+            traces: false,
+            metrics: false,
+        };
+        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "true")]), Ok(off));
+        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "TRUE")]), Ok(off));
+        assert_eq!(
+            settings(&[("OTEL_TRACES_EXPORTER", "none")]),
+            Ok(TelemetrySettings {
+                traces: false,
+                metrics: true
+            })
+        );
+        assert_eq!(
+            settings(&[("OTEL_METRICS_EXPORTER", "none")]),
+            Ok(TelemetrySettings {
+                traces: true,
+                metrics: false
+            })
+        );
+        assert_eq!(
+            settings(&[("OTEL_SDK_DISABLED", "false")]),
+            Ok(TelemetrySettings {
+                traces: true,
+                metrics: true
+            })
+        );
+    }
+
+    #[test]
+    fn unsupported_values_name_the_variable() {
+        for (k, v) in [
+            ("OTEL_SDK_DISABLED", "yes"),
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ] {
+            let err = settings(&[(k, v)]).unwrap_err();
+            assert!(err.starts_with(k), "{err}");
+        }
+        assert!(settings(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).is_ok());
+    }
+}
