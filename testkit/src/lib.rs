@@ -14,6 +14,7 @@ mod client;
 mod fake;
 mod otlp;
 mod process;
+mod prom;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use client::{Client, Reply, get_in_process, request_in_process};
 pub use fake::{Behaviour, FakeUpstream, Recorded};
 pub use otlp::{Attr, OtlpReceiver, Point, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span};
 pub use process::{Exited, Proc, ProcBuilder, Sig};
+pub use prom::{MetricsBackend, Sample, tools_dir};
 
 /// Path of one of the workspace's binaries, next to the test executable.
 /// `cargo test --workspace` builds every binary before any test runs.
