@@ -120,6 +120,14 @@ impl ProcBuilder {
 
     /// Starts the daemon and waits (up to 10 s) until it is ready.
     pub async fn spawn(self) -> Proc {
+        let mut proc = self.spawn_unready();
+        proc.wait_ready().await;
+        proc
+    }
+
+    /// Starts the daemon without waiting for `READY=1` (socket activation:
+    /// it only starts once a client connects).
+    pub fn spawn_unready(self) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let socket_path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -140,33 +148,28 @@ impl ProcBuilder {
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-
-        let mut proc = Proc {
+        Proc {
             child,
+            name: self.bin.display().to_string(),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             output,
             notes,
             _dir: dir,
-        };
-        let name = self.bin.display().to_string();
-        proc.addr = eventually(
-            &format!("{name} to send READY=1"),
-            Duration::from_secs(10),
-            || {
-                let ready = proc.ready_addr();
-                let exited = proc.child.try_wait().ok().flatten();
-                let logs = proc.logs();
-                let name = name.clone();
-                async move {
-                    if let Some(status) = exited {
-                        panic!("{name} exited ({status}) before it was ready:\n{logs}");
-                    }
-                    ready
-                }
-            },
-        )
-        .await;
-        proc
+        }
+    }
+
+    /// Runs the daemon under `wrapper` (a program and its arguments that end
+    /// by running the daemon, such as `systemd-socket-activate -l ADDR`).
+    pub fn via(mut self, wrapper: &[&str]) -> Self {
+        let mut args: Vec<String> = wrapper[1..].iter().map(|s| (*s).to_owned()).collect();
+        args.push(self.bin.display().to_string());
+        if std::mem::take(&mut self.listen) {
+            args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        args.append(&mut self.args);
+        self.args = args;
+        self.bin = PathBuf::from(wrapper[0]);
+        self
     }
 }
 
@@ -185,6 +188,8 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Stri
 #[derive(Debug)]
 pub struct Proc {
     child: Child,
+    /// The program, for messages.
+    name: String,
     /// The address it listens on.
     pub addr: SocketAddr,
     output: Arc<Mutex<String>>,
@@ -212,6 +217,29 @@ impl Proc {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Waits (up to 10 s) for `READY=1`, and learns the address from `STATUS=`.
+    pub async fn wait_ready(&mut self) {
+        let name = self.name.clone();
+        let addr = eventually(
+            &format!("{name} to send READY=1"),
+            Duration::from_secs(10),
+            || {
+                let ready = self.ready_addr();
+                let exited = self.child.try_wait().ok().flatten();
+                let logs = self.logs();
+                let name = name.clone();
+                async move {
+                    if let Some(status) = exited {
+                        panic!("{name} exited ({status}) before it was ready:\n{logs}");
+                    }
+                    ready
+                }
+            },
+        )
+        .await;
+        self.addr = addr;
     }
 
     fn ready_addr(&self) -> Option<SocketAddr> {
