@@ -25,7 +25,7 @@ use service_kit::telemetry::current_trace_id;
 use service_kit::{App, Daemon};
 use url::Url;
 
-use crate::upstream::{Upstream, UpstreamError, parse_base_url};
+use crate::upstream::{ErrorKind, Upstream, UpstreamError, parse_base_url};
 
 /// service-b as the shared lifecycle sees it.
 #[derive(Debug)]
@@ -89,6 +89,11 @@ pub fn router(upstream: Upstream, max_msg_bytes: usize) -> Router {
         .with_unit("{response}")
         .with_description("Answers of /call-echo degraded to 503, by error.type.")
         .build();
+    // Every kind starts at zero, so the first degradation of a kind is an
+    // increase Prometheus can see (a series that first appears at 1 is not).
+    for kind in ErrorKind::ALL {
+        degraded.add(0, &[KeyValue::new(ERROR_TYPE, kind.as_str())]);
+    }
     Router::new()
         .push(Router::with_path("health").get(Health::new(ServiceB::NAME, ServiceB::VERSION)))
         .push(Router::with_path("call-echo").get(CallEcho {

@@ -42,6 +42,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [Self; 5] = [
+        Self::Timeout,
+        Self::ConnectionRefused,
+        Self::ConnectionFailed,
+        Self::UpstreamStatus,
+        Self::InvalidResponse,
+    ];
+
     /// The contract's `error` value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -293,6 +293,18 @@ async fn metrics_count_what_was_served() {
     )
     .await;
     assert_eq!((counter.kind, counter.temporality), ("sum", 2));
+    // Kinds that never happened are there, at zero: their first occurrence
+    // is an increase Prometheus can see.
+    let never = rx
+        .latest("service-b", "service_b.degraded_responses", &[("error.type", "timeout")])
+        .unwrap();
+    assert_eq!(never.count, 0.0);
+
+    // The heartbeat a no-data alert watches, from both daemons.
+    for service in ["service-a", "service-b"] {
+        let uptime = rx.latest(service, "process.uptime", &[]).unwrap();
+        assert_eq!(uptime.unit, "s");
+    }
 
     // service-a's own server metric, flushed when it stopped.
     wait_for(

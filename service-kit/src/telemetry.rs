@@ -8,8 +8,9 @@
 //! does not fit and requests never wait. On exit both are flushed within a
 //! bound shorter than the unit's `TimeoutStopSec=`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use opentelemetry::metrics::ObservableGauge;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
@@ -108,6 +109,9 @@ impl TelemetrySettings {
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
+    /// `process.uptime`, exported at every interval even when no request
+    /// comes: the heartbeat a "no data from this daemon" alert watches.
+    _uptime: Option<ObservableGauge<f64>>,
 }
 
 impl Telemetry {
@@ -168,6 +172,15 @@ impl Telemetry {
                 .with_resource(resource)
                 .build();
             global::set_meter_provider(provider.clone());
+            let started = Instant::now();
+            telemetry._uptime = Some(
+                global::meter("service-kit")
+                    .f64_observable_gauge("process.uptime")
+                    .with_unit("s")
+                    .with_description("The time the process has been running.")
+                    .with_callback(move |gauge| gauge.observe(started.elapsed().as_secs_f64(), &[]))
+                    .build(),
+            );
             telemetry.meter = Some(provider);
         }
         Ok((telemetry, layer))

@@ -96,7 +96,7 @@ pub struct Point {
     pub name: String,
     /// Unit.
     pub unit: String,
-    /// `histogram` or `sum`.
+    /// `histogram`, `sum` or `gauge`.
     pub kind: &'static str,
     /// 1 delta, 2 cumulative.
     pub temporality: i32,
@@ -319,13 +319,22 @@ fn flatten_points(req: ExportMetricsServiceRequest) -> Vec<Point> {
                             ));
                         }
                     }
+                    Some(Data::Gauge(g)) => {
+                        for p in &g.data_points {
+                            out.push(base(
+                                "gauge",
+                                0,
+                                &p.attributes,
+                                number(p),
+                                Vec::new(),
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                            ));
+                        }
+                    }
                     Some(Data::Sum(s)) => {
                         for p in &s.data_points {
-                            let v = match p.value {
-                                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
-                                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
-                                None => 0.0,
-                            };
+                            let v = number(p);
                             out.push(base(
                                 "sum",
                                 s.aggregation_temporality,
@@ -343,4 +352,13 @@ fn flatten_points(req: ExportMetricsServiceRequest) -> Vec<Point> {
         }
     }
     out
+}
+
+fn number(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match p.value {
+        Some(Value::AsInt(i)) => i as f64,
+        Some(Value::AsDouble(d)) => d,
+        None => 0.0,
+    }
 }

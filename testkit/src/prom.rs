@@ -223,3 +223,33 @@ fn spawn(bin: &Path, args: &[&str]) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
 }
+
+impl MetricsBackend {
+    /// Waits (up to 30 s) until every alert in `names` is pending or firing;
+    /// returns each with its state.
+    pub async fn wait_for_alerts(&self, names: &[&str]) -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.api("/api/v1/alerts").await;
+            let active: Vec<(String, String)> = answer["data"]["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    (
+                        a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                        a["state"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            if names.iter().all(|n| active.iter().any(|(a, _)| a == n)) {
+                return active;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alerts {names:?} not all active: {active:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
