@@ -27,4 +27,12 @@ cargo test --workspace --locked -- --include-ignored
 step "contract tests again, with a black-holed OTLP collector"
 TESTKIT_OTLP=blackhole cargo test --workspace --locked --test processes
 
+# Real systemd in a container: the units, installed by deploy/install.sh.
+step "systemd end to end (deploy/test-systemd.sh)"
+if [ "$(id -u)" -eq 0 ]; then
+    deploy/test-systemd.sh --binaries target/debug
+else
+    sudo deploy/test-systemd.sh --binaries target/debug
+fi
+
 step "all tests passed"

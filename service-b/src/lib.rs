@@ -70,9 +70,10 @@ impl Daemon for ServiceB {
             settings.max_msg_bytes,
         )?;
         let summary = format!(
-            "upstream {}, deadline {}",
+            "upstream {}, deadline {}, max msg {} bytes",
             upstream.echo_url(),
-            show_duration(upstream.deadline())
+            show_duration(upstream.deadline()),
+            settings.max_msg_bytes
         );
         Ok(App {
             router: router(upstream, settings.max_msg_bytes),

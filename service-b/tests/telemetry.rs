@@ -296,7 +296,11 @@ async fn metrics_count_what_was_served() {
     // Kinds that never happened are there, at zero: their first occurrence
     // is an increase Prometheus can see.
     let never = rx
-        .latest("service-b", "service_b.degraded_responses", &[("error.type", "timeout")])
+        .latest(
+            "service-b",
+            "service_b.degraded_responses",
+            &[("error.type", "timeout")],
+        )
         .unwrap();
     assert_eq!(never.count, 0.0);
 

@@ -94,9 +94,17 @@ pub fn main<D: Daemon>() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let code = run::<D>(settings, args, otel).await;
-        telemetry.shutdown(FLUSH_BOUND).await;
-        code
+        match run::<D>(settings, args, otel).await {
+            Ok(code) => {
+                telemetry.shutdown(FLUSH_BOUND).await;
+                code
+            }
+            // It never served: nothing to flush, and no reason to wait.
+            Err(code) => {
+                telemetry.abandon();
+                code
+            }
+        }
     });
     // A flush that gave up may still block a thread on a collector that
     // never answers; dropping the runtime would wait for it.
@@ -108,38 +116,42 @@ async fn run<D: Daemon>(
     settings: ServerSettings,
     args: D::Args,
     otel: TelemetrySettings,
-) -> ExitCode {
+) -> Result<ExitCode, ExitCode> {
     let app = match D::build(&settings, args) {
         Ok(app) => app,
-        Err(e) => return fail::<D>(EXIT_RUNTIME, &e),
+        Err(e) => return Err(fail::<D>(EXIT_RUNTIME, &e)),
     };
     if settings.check_config {
         #[allow(clippy::print_stdout)] // --check-config's answer is its output.
         {
             println!(
-                "{}: configuration OK: listen {}, max msg {} bytes, shutdown timeout {}, {}; {}",
+                "{}: configuration OK: listen {}, shutdown timeout {}; {}; {}",
                 D::NAME,
                 settings.listen,
-                settings.max_msg_bytes,
                 show_duration(settings.shutdown_timeout),
                 app.summary,
                 otel.summary()
             );
         }
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
     let mut shutdown = match Shutdown::register() {
         Ok(s) => s,
-        Err(e) => return fail::<D>(EXIT_RUNTIME, &format!("cannot handle signals: {e}")),
+        Err(e) => {
+            return Err(fail::<D>(
+                EXIT_RUNTIME,
+                &format!("cannot handle signals: {e}"),
+            ));
+        }
     };
     let (acceptor, addr, origin) = match listener::acquire(settings.listen).await {
         Ok(bound) => bound,
         Err(e) => {
             let setting = format!("--listen / {}_LISTEN", D::ENV_PREFIX);
-            return fail::<D>(
+            return Err(fail::<D>(
                 EXIT_RUNTIME,
                 &format!("cannot listen on {} ({setting}): {e}", settings.listen),
-            );
+            ));
         }
     };
 
@@ -173,7 +185,7 @@ async fn run<D: Daemon>(
                 Ok(Err(e)) => format!("the server failed: {e}"),
                 Err(e) => format!("the server task failed: {e}"),
             };
-            return fail::<D>(EXIT_RUNTIME, &why);
+            return Ok(fail::<D>(EXIT_RUNTIME, &why));
         }
     };
     let grace = show_duration(settings.shutdown_timeout);
@@ -189,7 +201,7 @@ async fn run<D: Daemon>(
         }
     }
     tracing::info!("stopped");
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The one line a failure to start prints, and its exit status.

@@ -186,18 +186,35 @@ impl Telemetry {
         Ok((telemetry, layer))
     }
 
-    /// Flushes and stops both providers, giving up after `bound`.
+    /// Drops the providers without flushing or waiting: for a daemon that
+    /// never served (dropping them normally would try a last export).
+    pub fn abandon(self) {
+        std::mem::forget(self);
+    }
+
+    /// Flushes and stops both providers, giving up after `bound`. A signal
+    /// whose collector refuses connections is not flushed at all: retrying
+    /// an export nobody can receive would only hold up the exit (and, under
+    /// socket activation, the connections queued for the next process).
     pub async fn shutdown(self, bound: Duration) {
-        if self.tracer.is_none() && self.meter.is_none() {
+        let tracer = match self.tracer {
+            Some(t) if reachable("TRACES").await => Some(t),
+            _ => None,
+        };
+        let meter = match self.meter {
+            Some(m) if reachable("METRICS").await => Some(m),
+            _ => None,
+        };
+        if tracer.is_none() && meter.is_none() {
             return;
         }
         let flush = tokio::task::spawn_blocking(move || {
-            if let Some(tracer) = self.tracer
+            if let Some(tracer) = tracer
                 && let Err(e) = tracer.shutdown_with_timeout(bound)
             {
                 tracing::warn!("flushing traces on exit failed: {e}");
             }
-            if let Some(meter) = self.meter
+            if let Some(meter) = meter
                 && let Err(e) = meter.shutdown()
             {
                 tracing::warn!("flushing metrics on exit failed: {e}");
@@ -209,6 +226,41 @@ impl Telemetry {
                 bound.as_secs_f32()
             );
         }
+    }
+}
+
+/// Where a signal's exports go, as opentelemetry-otlp resolves it: the
+/// per-signal variable as given, else the base endpoint, else the default.
+fn endpoint(signal: &str) -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
+}
+
+/// Whether something accepts connections at a signal's collector (within
+/// 250 ms). Says so in the log when not.
+async fn reachable(signal: &str) -> bool {
+    let endpoint = endpoint(signal);
+    let Some((host, port)) = url::Url::parse(&endpoint).ok().and_then(|u| {
+        Some((
+            u.host_str()?.trim_matches(['[', ']']).to_owned(),
+            u.port_or_known_default()?,
+        ))
+    }) else {
+        return true; // Let the exporter report what it makes of it.
+    };
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(Duration::from_millis(250), connect).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "OTLP collector at {endpoint} unreachable ({e}): {} not flushed on exit",
+                signal.to_lowercase()
+            );
+            false
+        }
+        Err(_) => true, // Slow, not refused: the flush has its own bound.
     }
 }
 

@@ -227,3 +227,36 @@ async fn sigterm_and_sigint_stop_cleanly_with_status_0() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_shipped_settings_files_show_every_setting_with_its_default() {
+    for (name, _) in DAEMONS {
+        let help = ProcBuilder::new(name)
+            .no_listen()
+            .arg("--help")
+            .run_to_exit(EXIT_WITHIN)
+            .await
+            .stdout;
+        let path = format!("{}/../deploy/default-{name}", env!("CARGO_MANIFEST_DIR"));
+        let file = std::fs::read_to_string(&path).unwrap();
+        // `--flag <V>  Help [env: VAR=] [default: D]`
+        for line in help.lines().filter(|l| l.contains("[env: ")) {
+            let var = line
+                .split("[env: ")
+                .nth(1)
+                .unwrap()
+                .split('=')
+                .next()
+                .unwrap();
+            let default = line
+                .split("[default: ")
+                .nth(1)
+                .map(|d| d.trim_end_matches(']'));
+            let expected = format!("#{var}={}", default.unwrap_or(""));
+            assert!(
+                file.lines().any(|l| l == expected),
+                "{path} lacks the line {expected:?} (from --help: {line})"
+            );
+        }
+    }
+}
