@@ -90,7 +90,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
 
     let by_kind = backend
         .wait_for(
-            "sum by (error_type) (service_b_degraded_responses_total)",
+            "sum by (error_type) (service_b_degraded_responses_total) > 0",
             |s| s.len() == 2,
         )
         .await;
