@@ -27,6 +27,11 @@ cargo test --workspace --locked -- --include-ignored
 step "contract tests again, with a black-holed OTLP collector"
 TESTKIT_OTLP=blackhole cargo test --workspace --locked --test processes
 
+# Fuzzing, bounded: query decoding and the classifier of service-a's answers.
+step "fuzz (fuzz/run.sh, ${FUZZ_SECONDS:-30}s per target)"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+fuzz/run.sh "${FUZZ_SECONDS:-30}"
+
 # Real systemd in a container: the units, installed by deploy/install.sh.
 step "systemd end to end (deploy/test-systemd.sh)"
 if [ "$(id -u)" -eq 0 ]; then

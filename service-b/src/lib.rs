@@ -3,8 +3,10 @@
 //! `GET /call-echo?msg=TEXT` calls service-a's `/echo` under a deadline and
 //! answers with service-a's body; when service-a is down, slow or broken it
 //! stays up and answers 503 with a body that says why ([`upstream`] sorts
-//! the failures).
+//! the failures). A bound on calls in flight and a circuit breaker
+//! ([`protect`]) keep it standing when service-a hangs or keeps failing.
 
+pub mod protect;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -25,6 +27,9 @@ use service_kit::telemetry::current_trace_id;
 use service_kit::{App, Daemon};
 use url::Url;
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::protect::{Breaker, InFlight, Ticket};
 use crate::upstream::{ErrorKind, Upstream, UpstreamError, parse_base_url};
 
 /// service-b as the shared lifecycle sees it.
@@ -53,6 +58,65 @@ pub struct Args {
         value_parser = parse_duration
     )]
     pub upstream_timeout: Duration,
+
+    /// Most calls to service-a in flight at once; past it, /call-echo answers 503 "overloaded" at once
+    #[arg(
+        long,
+        env = "SERVICE_B_MAX_IN_FLIGHT",
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_in_flight: u32,
+
+    /// Consecutive failed calls to service-a that open the circuit breaker (0 turns it off)
+    #[arg(
+        long,
+        env = "SERVICE_B_BREAKER_FAILURES",
+        value_name = "N",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(0..=1_000_000)
+    )]
+    pub breaker_failures: u32,
+
+    /// How long an open breaker answers 503 "circuit_open" before letting one probe call through
+    #[arg(
+        long,
+        env = "SERVICE_B_BREAKER_COOLDOWN",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub breaker_cooldown: Duration,
+}
+
+/// How service-b protects itself: see [`protect`].
+#[derive(Debug)]
+pub struct Protection {
+    /// The bound on calls in flight.
+    pub in_flight: InFlight,
+    /// The circuit breaker.
+    pub breaker: Breaker,
+}
+
+impl Protection {
+    /// From the settings.
+    pub fn from_args(args: &Args) -> Self {
+        Self {
+            in_flight: InFlight::new(args.max_in_flight as usize),
+            breaker: Breaker::new(args.breaker_failures, args.breaker_cooldown),
+        }
+    }
+}
+
+impl Default for Protection {
+    /// The defaults of the flags: 1024 in flight, open after 5 failures for 5 s.
+    fn default() -> Self {
+        Self {
+            in_flight: InFlight::new(1024),
+            breaker: Breaker::new(5, Duration::from_secs(5)),
+        }
+    }
 }
 
 impl Daemon for ServiceB {
@@ -69,14 +133,26 @@ impl Daemon for ServiceB {
             args.upstream_timeout,
             settings.max_msg_bytes,
         )?;
+        let breaker = match args.breaker_failures {
+            0 => "breaker off".to_owned(),
+            n => format!(
+                "breaker opens after {n} failures for {}",
+                show_duration(args.breaker_cooldown)
+            ),
+        };
         let summary = format!(
-            "upstream {}, deadline {}, max msg {} bytes",
+            "upstream {}, deadline {}, max {} in flight, {breaker}, max msg {} bytes",
             upstream.echo_url(),
             show_duration(upstream.deadline()),
+            args.max_in_flight,
             settings.max_msg_bytes
         );
         Ok(App {
-            router: router(upstream, settings.max_msg_bytes),
+            router: router(
+                upstream,
+                Protection::from_args(&args),
+                settings.max_msg_bytes,
+            ),
             summary,
         })
     }
@@ -84,7 +160,7 @@ impl Daemon for ServiceB {
 
 /// The routes, calling `upstream`. Takes its instruments from the global
 /// meter provider: build it after telemetry has started.
-pub fn router(upstream: Upstream, max_msg_bytes: usize) -> Router {
+pub fn router(upstream: Upstream, protection: Protection, max_msg_bytes: usize) -> Router {
     let degraded = global::meter("service-b")
         .u64_counter("service_b.degraded_responses")
         .with_unit("{response}")
@@ -95,10 +171,21 @@ pub fn router(upstream: Upstream, max_msg_bytes: usize) -> Router {
     for kind in ErrorKind::ALL {
         degraded.add(0, &[KeyValue::new(ERROR_TYPE, kind.as_str())]);
     }
+    let protection = Arc::new(protection);
+    let seen_by_health = protection.clone();
+    let health = Health::new(ServiceB::NAME, ServiceB::VERSION).with(move || {
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "breaker".into(),
+            seen_by_health.breaker.state().as_str().into(),
+        );
+        extra
+    });
     Router::new()
-        .push(Router::with_path("health").get(Health::new(ServiceB::NAME, ServiceB::VERSION)))
+        .push(Router::with_path("health").get(health))
         .push(Router::with_path("call-echo").get(CallEcho {
             upstream: Arc::new(upstream),
+            protection,
             max_msg_bytes,
             degraded,
         }))
@@ -109,6 +196,8 @@ pub fn router(upstream: Upstream, max_msg_bytes: usize) -> Router {
 struct CallEcho {
     /// service-a, with its connection pool.
     upstream: Arc<Upstream>,
+    /// The bound on calls in flight and the breaker.
+    protection: Arc<Protection>,
     /// Longest `msg` accepted, checked before any call.
     max_msg_bytes: usize,
     /// `service_b.degraded_responses`, by `error.type`.
@@ -142,7 +231,18 @@ impl Handler for CallEcho {
             Ok(msg) => msg,
             Err(e) => return ApiError::from(e).render(res),
         };
-        match self.upstream.echo(&msg).await {
+        let result = match self.admit() {
+            Ok((ticket, _slot)) => {
+                let result = self.upstream.echo(&msg).await;
+                match &result {
+                    Ok(_) => ticket.succeeded(),
+                    Err(_) => ticket.failed(),
+                }
+                result
+            }
+            Err(refusal) => Err(refusal),
+        };
+        match result {
             Ok(echo) => {
                 // service-a's body was checked to be the expected JSON: pass
                 // it through as-is rather than parse and re-serialise it.
@@ -159,6 +259,32 @@ impl Handler for CallEcho {
                 degrade(depot, res, &e);
             }
         }
+    }
+}
+
+impl CallEcho {
+    /// Whether a call may be made now: the breaker first (an open one costs
+    /// nothing), then a slot among the calls in flight.
+    fn admit(&self) -> Result<(Ticket<'_>, OwnedSemaphorePermit), UpstreamError> {
+        let ticket = self.protection.breaker.admit().map_err(|left| {
+            UpstreamError::new(
+                ErrorKind::CircuitOpen,
+                format!(
+                    "service-a kept failing; circuit breaker open, next try in {} ms",
+                    left.as_millis()
+                ),
+            )
+        })?;
+        let slot = self.protection.in_flight.try_enter().ok_or_else(|| {
+            UpstreamError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "{} calls to service-a already in flight",
+                    self.protection.in_flight.limit()
+                ),
+            )
+        })?;
+        Ok((ticket, slot))
     }
 }
 

@@ -25,7 +25,9 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
 
-/// What went wrong upstream: the contract's `error` values.
+/// Why an answer is degraded: the contract's `error` values. The first five
+/// are what went wrong calling service-a; the last two are service-b's own
+/// refusals, made without calling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// No complete answer within the deadline.
@@ -39,16 +41,22 @@ pub enum ErrorKind {
     /// A 2xx whose body is not the expected JSON, or is too large, or a
     /// response that is not HTTP at all.
     InvalidResponse,
+    /// The bound on calls in flight is reached.
+    Overloaded,
+    /// The circuit breaker is open.
+    CircuitOpen,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Timeout,
         Self::ConnectionRefused,
         Self::ConnectionFailed,
         Self::UpstreamStatus,
         Self::InvalidResponse,
+        Self::Overloaded,
+        Self::CircuitOpen,
     ];
 
     /// The contract's `error` value.
@@ -59,6 +67,8 @@ impl ErrorKind {
             Self::ConnectionFailed => "connection_failed",
             Self::UpstreamStatus => "upstream_status",
             Self::InvalidResponse => "invalid_response",
+            Self::Overloaded => "overloaded",
+            Self::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -75,7 +85,8 @@ pub struct UpstreamError {
 }
 
 impl UpstreamError {
-    fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+    /// A failure of `kind`, explained by `detail`.
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
             status: None,
@@ -92,6 +103,7 @@ impl UpstreamError {
             ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionFailed
             | ErrorKind::InvalidResponse => 502,
+            ErrorKind::Overloaded | ErrorKind::CircuitOpen => 503,
         }
     }
 }
@@ -235,42 +247,38 @@ impl Upstream {
     }
 
     async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), UpstreamError> {
-        let mut response = self
-            .client
-            .get(url)
-            .headers(headers)
-            .send()
-            .await
-            .map_err(|e| self.classify(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(UpstreamError {
-                status: Some(status.as_u16()),
-                ..UpstreamError::new(
-                    ErrorKind::UpstreamStatus,
-                    format!("service-a answered {status}"),
-                )
-            });
-        }
-        let invalid = |detail: String| UpstreamError {
-            status: Some(status.as_u16()),
-            ..UpstreamError::new(ErrorKind::InvalidResponse, detail)
+        let send = || self.client.get(url.clone()).headers(headers.clone()).send();
+        let mut response = match send().await {
+            Ok(response) => response,
+            // service-a closed a kept-alive connection just as the request
+            // went out on it (it was restarting, or its idle timer fired).
+            // A GET can safely go again, once, on another connection.
+            Err(e) if closed_before_answer(&e) => {
+                tracing::debug!("service-a closed the connection before answering; retrying once");
+                send().await.map_err(|e| self.classify(&e))?
+            }
+            Err(e) => return Err(self.classify(&e)),
         };
+        let status = response.status().as_u16();
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !is_json(content_type) {
-            return Err(invalid(format!(
-                "service-a answered {status} with content type {content_type:?}, not JSON"
-            )));
+            .map(str::to_owned);
+        let content_type = content_type.as_deref();
+        if !(200..300).contains(&status) || !is_json(content_type.unwrap_or("")) {
+            // Judged without reading a body that cannot be the answer.
+            judge(status, content_type, b"")?;
         }
+        let too_large = |detail: String| UpstreamError {
+            status: Some(status),
+            ..UpstreamError::new(ErrorKind::InvalidResponse, detail)
+        };
         if let Some(len) = response
             .content_length()
             .filter(|&len| len > self.max_body as u64)
         {
-            return Err(invalid(format!(
+            return Err(too_large(format!(
                 "service-a's body is {len} bytes; the limit is {}",
                 self.max_body
             )));
@@ -278,19 +286,15 @@ impl Upstream {
         let mut body = BytesMut::with_capacity(response.content_length().unwrap_or(256) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e))? {
             if body.len() + chunk.len() > self.max_body {
-                return Err(invalid(format!(
+                return Err(too_large(format!(
                     "service-a's body is over the {}-byte limit",
                     self.max_body
                 )));
             }
             body.extend_from_slice(&chunk);
         }
-        if let Err(e) = check_echo_reply(&body) {
-            return Err(invalid(format!(
-                "service-a's body is not {{\"echo\": string}}: {e}"
-            )));
-        }
-        Ok((status.as_u16(), body.freeze()))
+        judge(status, content_type, &body)?;
+        Ok((status, body.freeze()))
     }
 
     fn classify(&self, e: &reqwest::Error) -> UpstreamError {
@@ -322,6 +326,61 @@ impl Upstream {
             format!("calling service-a failed: {}", chain(e)),
         )
     }
+}
+
+/// Whether `e` is a connection that closed before any answer came back.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    let mut source = e.source();
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Judges a complete answer from service-a: good is a 2xx, `application/json`,
+/// and a body that is one JSON object with a string `echo`; anything else is
+/// the contract's `upstream_status` or `invalid_response`. Never panics,
+/// whatever the bytes (`fuzz/` checks that).
+pub fn judge(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<(), UpstreamError> {
+    if !(200..300).contains(&status) {
+        let shown = reqwest::StatusCode::from_u16(status)
+            .map_or_else(|_| status.to_string(), |s| s.to_string());
+        return Err(UpstreamError {
+            status: Some(status),
+            ..UpstreamError::new(
+                ErrorKind::UpstreamStatus,
+                format!("service-a answered {shown}"),
+            )
+        });
+    }
+    let invalid = |detail: String| UpstreamError {
+        status: Some(status),
+        ..UpstreamError::new(ErrorKind::InvalidResponse, detail)
+    };
+    let content_type = content_type.unwrap_or("");
+    if !is_json(content_type) {
+        return Err(invalid(format!(
+            "service-a answered {status} with content type {content_type:?}, not JSON"
+        )));
+    }
+    check_echo_reply(body)
+        .map_err(|e| invalid(format!("service-a's body is not {{\"echo\": string}}: {e}")))
 }
 
 /// Checks that `body` is one JSON object with a string `echo`. serde would

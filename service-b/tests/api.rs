@@ -18,7 +18,11 @@ const LIMIT: usize = 4096;
 fn service_b(upstream: SocketAddr, deadline: Duration) -> Service {
     let url = format!("http://{upstream}").parse().unwrap();
     let upstream = Upstream::new(&url, deadline, LIMIT).unwrap();
-    service_kit::service::<service_b::ServiceB>(service_b::router(upstream, LIMIT))
+    service_kit::service::<service_b::ServiceB>(service_b::router(
+        upstream,
+        service_b::Protection::default(),
+        LIMIT,
+    ))
 }
 
 async fn with_real_service_a() -> Service {
@@ -48,6 +52,8 @@ async fn degraded(app: &Service, kind: &str, http_status: u16) -> testkit::Reply
         r.text
     );
     assert_eq!(r.content_type, "application/json; charset=utf-8");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers["cache-control"], "no-store");
     r
 }
 
@@ -247,4 +253,21 @@ async fn a_huge_body_is_invalid_response_without_reading_it_all() {
         let r = degraded(&app, "invalid_response", 502).await;
         assert!(r.latency < Duration::from_secs(1), "{:?}", r.latency);
     }
+}
+
+#[tokio::test]
+async fn a_connection_closed_as_the_request_goes_out_is_retried_once() {
+    // A restarting service-a closes a kept-alive connection under the request.
+    let first_closes = Behaviour::Sequence(vec![
+        Behaviour::Raw(Bytes::new()),
+        Behaviour::json(200, r#"{"echo":"hi"}"#),
+    ]);
+    let (app, fake) = with_fake(first_closes, Duration::from_secs(1)).await;
+    let r = get(&app, "/call-echo?msg=hi").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(fake.requests().len(), 2);
+    // Never more than once: a second close is the answer.
+    let (app, fake) = with_fake(Behaviour::Raw(Bytes::new()), Duration::from_secs(1)).await;
+    degraded(&app, "connection_failed", 502).await;
+    assert_eq!(fake.requests().len(), 2);
 }

@@ -148,6 +148,8 @@ async fn exporting(name: &str, backend: &MetricsBackend, upstream: &str) -> Proc
         )
         .env("OTEL_TRACES_EXPORTER", "none")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        // Every failure below should be its own kind, not circuit_open.
+        .env("SERVICE_B_BREAKER_FAILURES", "100")
         .env("SERVICE_A_URL", upstream)
         .spawn()
         .await

@@ -36,6 +36,23 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Validate the configuration, print it, and exit without serving.
     pub check_config: bool,
+    /// Limits on what clients may do to the server.
+    pub limits: ServerLimits,
+}
+
+/// Limits on clients, each with a default that a well-behaved client never
+/// meets. Past them the server answers 431, closes the connection, or stops
+/// accepting until a connection closes (the kernel queues new ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes; more is a 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send its request line and headers (slowloris).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
 }
 
 /// A flag of the shared set: its long name, value name, help and default.
@@ -58,6 +75,30 @@ const MAX_MSG_BYTES: Shared = Shared {
     value_name: "BYTES",
     help: "Longest msg accepted, in bytes after decoding; longer is a 400 msg_too_long",
 };
+const MAX_CONNECTIONS: Shared = Shared {
+    long: "max-connections",
+    env_suffix: "MAX_CONNECTIONS",
+    value_name: "N",
+    help: "Connections served at once; more wait in the kernel's queue until one closes",
+};
+const MAX_HEADER_BYTES: Shared = Shared {
+    long: "max-header-bytes",
+    env_suffix: "MAX_HEADER_BYTES",
+    value_name: "BYTES",
+    help: "Largest request line plus headers; larger is a 431 (at least 8192, and room for a percent-encoded msg at the limit)",
+};
+const HEADER_TIMEOUT: Shared = Shared {
+    long: "header-timeout",
+    env_suffix: "HEADER_TIMEOUT",
+    value_name: "DURATION",
+    help: "Time a client has to send its request line and headers; slower connections are closed",
+};
+const IDLE_TIMEOUT: Shared = Shared {
+    long: "idle-timeout",
+    env_suffix: "IDLE_TIMEOUT",
+    value_name: "DURATION",
+    help: "An idle keep-alive connection is closed after this",
+};
 const SHUTDOWN_TIMEOUT: Shared = Shared {
     long: "shutdown-timeout",
     env_suffix: "SHUTDOWN_TIMEOUT",
@@ -78,6 +119,10 @@ pub fn with_server_args<D: Daemon>(cmd: Command) -> Command {
     cmd.arg(arg(&LISTEN, D::DEFAULT_LISTEN.to_owned()).value_parser(parse_socket_addr))
         .arg(arg(&MAX_MSG_BYTES, DEFAULT_MAX_MSG_BYTES.to_string()).value_parser(parse_msg_limit))
         .arg(arg(&SHUTDOWN_TIMEOUT, "5s".to_owned()).value_parser(parse_duration))
+        .arg(arg(&MAX_CONNECTIONS, "4096".to_owned()).value_parser(parse_max_connections))
+        .arg(arg(&MAX_HEADER_BYTES, "16384".to_owned()).value_parser(parse_header_bytes))
+        .arg(arg(&HEADER_TIMEOUT, "10s".to_owned()).value_parser(parse_duration))
+        .arg(arg(&IDLE_TIMEOUT, "60s".to_owned()).value_parser(parse_duration))
         .arg(
             clap::Arg::new("check-config")
                 .long("check-config")
@@ -94,7 +139,26 @@ impl ServerSettings {
             max_msg_bytes: value(m, MAX_MSG_BYTES.long)?,
             shutdown_timeout: value(m, SHUTDOWN_TIMEOUT.long)?,
             check_config: m.get_flag("check-config"),
+            limits: ServerLimits {
+                max_connections: value(m, MAX_CONNECTIONS.long)?,
+                max_header_bytes: value(m, MAX_HEADER_BYTES.long)?,
+                header_timeout: value(m, HEADER_TIMEOUT.long)?,
+                idle_timeout: value(m, IDLE_TIMEOUT.long)?,
+            },
         })
+    }
+
+    /// Checks the settings against each other; the error names them.
+    pub fn check(&self, prefix: &str) -> Result<(), String> {
+        // The worst case of a msg at the limit: every byte sent as %XX.
+        let needed = self.max_msg_bytes * 3 + 1024;
+        if self.limits.max_header_bytes < needed {
+            return Err(format!(
+                "--max-header-bytes / {prefix}_MAX_HEADER_BYTES is {} but a msg of --max-msg-bytes / {prefix}_MAX_MSG_BYTES {} bytes needs up to {needed}",
+                self.limits.max_header_bytes, self.max_msg_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -133,6 +197,21 @@ fn parse_msg_limit(s: &str) -> Result<usize, String> {
         return Err(format!("must be between 1 and {MAX_MAX_MSG_BYTES}"));
     }
     Ok(n)
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a number of connections from 1 to 1000000".to_owned()),
+    }
+}
+
+fn parse_header_bytes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        // hyper's floor is 8 KiB.
+        Ok(n) if (8192..=16 << 20).contains(&n) => Ok(n),
+        _ => Err("expected a number of bytes from 8192 to 16777216".to_owned()),
+    }
 }
 
 /// Formats a duration the way the flags accept it (`1s`, `250ms`).

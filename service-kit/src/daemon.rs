@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Command, FromArgMatches};
+use salvo::fuse::FuseConfig;
 use salvo::{Router, Server, Service};
 
 use crate::cli::{self, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
@@ -65,6 +66,10 @@ pub fn main<D: Daemon>() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
     };
+    if let Err(e) = settings.check(D::ENV_PREFIX) {
+        return fail::<D>(EXIT_CONFIG, &e);
+    }
+    raise_fd_limit();
     let otel = match TelemetrySettings::from_env() {
         Ok(otel) => otel,
         Err(e) => return fail::<D>(EXIT_CONFIG, &e),
@@ -155,7 +160,14 @@ async fn run<D: Daemon>(
         }
     };
 
-    let server = Server::new(acceptor);
+    let limits = settings.limits;
+    let fuse = FuseConfig::default()
+        .with_http1_header_timeout(limits.header_timeout)
+        .with_connection_idle_timeout(limits.idle_timeout);
+    let mut server = Server::new(acceptor)
+        .fuse_config(fuse)
+        .max_connections(limits.max_connections);
+    server.http1_mut().max_buf_size(limits.max_header_bytes);
     let handle = server.handle();
     let mut serving = tokio::spawn(server.try_serve(service::<D>(app.router)));
 
@@ -202,6 +214,18 @@ async fn run<D: Daemon>(
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lifts the soft limit on open files to the hard one: each connection is a
+/// file, and a soft limit of 1024 (the usual default) would stop accepting
+/// long before `--max-connections`. Under systemd, `LimitNOFILE=` sets both.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// The one line a failure to start prints, and its exit status.

@@ -14,6 +14,22 @@ pub enum Origin {
     Inherited,
 }
 
+/// Connections the kernel queues before the daemon accepts them. std's
+/// `bind` asks for 128, which a burst of clients overflows: their SYNs are
+/// dropped and retried a second later. The kernel caps it at `somaxconn`.
+pub const BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restart may bind while the old process's connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Takes the socket systemd passed in `LISTEN_FDS`, if any, otherwise binds
 /// `listen`. Errors are the caller's to report; nothing here panics.
 pub async fn acquire(listen: SocketAddr) -> io::Result<(TcpAcceptor, SocketAddr, Origin)> {
@@ -25,7 +41,7 @@ pub async fn acquire(listen: SocketAddr) -> io::Result<(TcpAcceptor, SocketAddr,
                 Origin::Inherited,
             )
         }
-        None => (tokio::net::TcpListener::bind(listen).await?, Origin::Bound),
+        None => (bind(listen)?, Origin::Bound),
     };
     let local = listener.local_addr()?;
     Ok((TcpAcceptor::try_from(listener)?, local, origin))

@@ -48,12 +48,17 @@ pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
     warning
 }
 
-/// Lets one event of the OpenTelemetry SDK through per [`SDK_ERROR_EVERY`]:
+/// Lets one error of the OpenTelemetry SDK through per [`SDK_ERROR_EVERY`]:
 /// a dead collector is worth a line a minute, not one per export.
 fn rate_limit_sdk_errors() -> FilterFn {
     static LAST: AtomicU64 = AtomicU64::new(0);
     FilterFn::new(|meta| {
-        if !meta.target().starts_with("opentelemetry") || !meta.is_event() {
+        // Only errors repeat per export; warnings (spans dropped because the
+        // queue is full) are logged once by the SDK and always get through.
+        if !meta.target().starts_with("opentelemetry")
+            || !meta.is_event()
+            || *meta.level() != tracing::Level::ERROR
+        {
             return true;
         }
         let now = SystemTime::now()

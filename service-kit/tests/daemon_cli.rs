@@ -123,6 +123,29 @@ async fn a_bad_setting_is_one_line_naming_flag_and_variable_and_exit_2() {
                 vec!["--max-msg-bytes", &limit_env, "lots"],
             ),
         ];
+        let header_env = format!("{prefix}_MAX_HEADER_BYTES");
+        let cases = cases
+            .into_iter()
+            .chain([
+                (
+                    ProcBuilder::new(name).args(["--max-header-bytes", "8192"]),
+                    vec![
+                        "--max-header-bytes",
+                        &header_env,
+                        "--max-msg-bytes",
+                        "13312",
+                    ],
+                ),
+                (
+                    ProcBuilder::new(name).args(["--max-header-bytes", "4096"]),
+                    vec!["--max-header-bytes", &header_env, "8192"],
+                ),
+                (
+                    ProcBuilder::new(name).args(["--max-connections", "0"]),
+                    vec!["--max-connections"],
+                ),
+            ])
+            .collect::<Vec<_>>();
         for (builder, needles) in cases {
             let case = format!("{name} {builder:?}");
             let out = builder.run_to_exit(EXIT_WITHIN).await;
@@ -138,6 +161,9 @@ async fn service_b_checks_its_own_settings() {
         ("--service-a-url", "127.0.0.1:8080", "SERVICE_A_URL"),
         ("--upstream-timeout", "fast", "SERVICE_B_UPSTREAM_TIMEOUT"),
         ("--upstream-timeout", "0ms", "SERVICE_B_UPSTREAM_TIMEOUT"),
+        ("--max-in-flight", "0", "SERVICE_B_MAX_IN_FLIGHT"),
+        ("--breaker-failures", "lots", "SERVICE_B_BREAKER_FAILURES"),
+        ("--breaker-cooldown", "soon", "SERVICE_B_BREAKER_COOLDOWN"),
     ];
     for (flag, value, env) in cases {
         let by_flag = ProcBuilder::new("service-b")

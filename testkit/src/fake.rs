@@ -38,6 +38,10 @@ pub enum Behaviour {
     },
     /// Reads the request, then resets the connection.
     Reset,
+    /// The n-th connection gets the n-th behaviour; the last one repeats.
+    Sequence(Vec<Behaviour>),
+    /// Waits, then behaves as told.
+    Delayed(Duration, Box<Behaviour>),
 }
 
 impl Behaviour {
@@ -114,8 +118,14 @@ impl FakeUpstream {
         let log = requests.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
+            let mut n = 0;
             while let Ok((stream, _)) = listener.accept().await {
-                connections.spawn(serve(stream, behaviour.clone(), log.clone()));
+                let this = match &behaviour {
+                    Behaviour::Sequence(list) => list[n.min(list.len() - 1)].clone(),
+                    other => other.clone(),
+                };
+                n += 1;
+                connections.spawn(serve(stream, this, log.clone()));
             }
         });
         Self {
@@ -177,6 +187,11 @@ async fn act(stream: &mut TcpStream, behaviour: Behaviour) -> std::io::Result<()
             }
         }
         Behaviour::Reset => stream.set_zero_linger()?,
+        Behaviour::Sequence(_) => unreachable!("resolved per connection"),
+        Behaviour::Delayed(delay, then) => {
+            tokio::time::sleep(delay).await;
+            Box::pin(act(stream, *then)).await?;
+        }
     }
     Ok(())
 }
