@@ -97,6 +97,8 @@ impl MetricsBackend {
                 &format!("-httpListenAddr={vmagent}"),
                 &format!("-remoteWrite.url=http://{prometheus}/api/v1/write"),
                 "-remoteWrite.queues=1",
+                // Prometheus format from the first write (no VictoriaMetrics probe).
+                "-remoteWrite.forcePromProto",
                 "-remoteWrite.flushInterval=200ms",
                 &format!(
                     "-remoteWrite.tmpDataPath={}",
