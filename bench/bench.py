@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Benchmark: service-b against what an operator would put in its place,
+side by side in one run, on loopback, with wrk.
+
+    bench/bench.py [--duration 10] [--connections 50] [--hung-connections 1000]
+
+Cases, each time-bounded:
+  service-a direct        GET /echo on service-a (the upper bound of a one-hop path)
+  service-b, telemetry on GET /call-echo, exporting OTLP to a local sink (nginx answering 200)
+  service-b, telemetry off  the same with OTEL_SDK_DISABLED=true
+  nginx proxy_pass        nginx in front of the same service-a: upstream keepalive, 1 s timeouts
+  Flask original          Flask service-b calling Flask service-a with requests (the lab's seed design)
+  refused path            service-b with nothing listening at service-a's address (breaker off)
+  hung path               --hung-connections at once against a service-a that never answers (breaker off)
+Plus idle and under-load RSS of each daemon, and exec-to-READY=1 time.
+
+Prints one table with absolute figures and the ratios, all from this run.
+Machines here are noisy: read the ratios, not the absolute numbers.
+Needs wrk and nginx (apt), Flask and requests (pip, into target/bench-venv).
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+HOST = "127.0.0.1"
+PORTS = {"a": 19080, "b": 19081, "nginx": 19082, "sink": 19318, "flask_a": 19090, "flask_b": 19091, "hung": 19099}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- setup
+
+def ensure_tools():
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)]
+    if missing:
+        log(f"installing {missing}")
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    venv = os.path.join(ROOT, "target", "bench-venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        log("creating target/bench-venv with Flask and requests")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "-r",
+                        os.path.join(ROOT, "bench", "flask_original", "requirements.txt")], check=True)
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "-q"], cwd=ROOT, check=True)
+    return py
+
+
+def free_ports():
+    for name, port in PORTS.items():
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                sys.exit(f"port {port} ({name}) is in use; stop whatever holds it")
+
+
+def wait_http(port, proc, path="/health", timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"process for port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing answers on port {port}")
+
+
+class Procs:
+    """Every process the run starts, stopped at the end whatever happens."""
+
+    def __init__(self):
+        self.all = []
+
+    def start(self, argv, env=None, port=None, path="/health"):
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.all.append(p)
+        if port:
+            wait_http(port, p, path)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def stop_all(self):
+        for p in reversed(self.all):
+            self.stop(p)
+
+
+def daemon_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_", "OTEL_"))}
+    env["RUST_LOG"] = "info"
+    env.update(extra)
+    return env
+
+
+def nginx_conf(tmp):
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream service_a {{
+        server {HOST}:{PORTS['a']};
+        keepalive 64;
+    }}
+    # The operator's alternative to service-b: a reverse proxy.
+    server {{
+        listen {HOST}:{PORTS['nginx']};
+        location / {{
+            proxy_pass http://service_a/echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 1s;
+            proxy_read_timeout 1s;
+        }}
+    }}
+    # The OTLP sink for service-b's telemetry: accepts and discards.
+    server {{
+        listen {HOST}:{PORTS['sink']};
+        client_max_body_size 64m;
+        location / {{ return 200; }}
+    }}
+}}
+""")
+    return conf
+
+
+# ---------------------------------------------------------------- measuring
+
+def wrk(url, duration, connections, threads=1):
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s", url],
+        capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+
+
+def parse_wrk(out):
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    lat = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    result["max_ms"] = to_ms(lat.group(3))
+    for pct in ("50", "99"):
+        result[f"p{pct}_ms"] = to_ms(re.search(rf"\s{pct}%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    errors = re.search(r"Socket errors: (.*)", out)
+    result["socket_errors"] = errors.group(1) if errors else ""
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))
+    return result
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def loaded(pid, fn):
+    """Runs fn() and samples pid's RSS meanwhile; returns (fn(), peak KiB)."""
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        return fn(), peak[0]
+    finally:
+        done.set()
+        t.join()
+
+
+def ready_ms(binary, env, runs=20):
+    """Median time from exec to READY=1 on a notify socket we own."""
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(10)
+        for _ in range(runs):
+            e = dict(env, NOTIFY_SOCKET=path)
+            start = time.perf_counter()
+            p = subprocess.Popen([binary, "--listen", f"{HOST}:0"], env=e,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                msg = sock.recv(4096).decode()
+                if "READY=1" in msg.splitlines():
+                    times.append((time.perf_counter() - start) * 1000)
+                    break
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+        sock.close()
+    return statistics.median(times)
+
+
+def hung_server(port):
+    """Accepts connections and never answers (a hung service-a)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, port))
+    srv.listen(4096)
+    held = []
+
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+                held.append(conn)
+            except OSError:
+                return
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+# ---------------------------------------------------------------- the run
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per case (default 10)")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    ap.add_argument("--hung-connections", type=int, default=1000, help="concurrent requests against a hung service-a")
+    ap.add_argument("--skip-flask", action="store_true", help="leave out the Flask original")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    py = ensure_tools()
+    free_ports()
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    figures = {}
+    try:
+        run(args, py, procs, tmp, figures)
+    finally:
+        procs.stop_all()
+        if os.path.exists(f"{tmp}/nginx.pid"):
+            subprocess.run(["nginx", "-c", f"{tmp}/nginx.conf", "-s", "quit"], stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(args, figures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+def run(args, py, procs, tmp, figures):
+    d, c = args.duration, args.connections
+    a_bin, b_bin = os.path.join(BIN, "service-a"), os.path.join(BIN, "service-b")
+    a_url = f"http://{HOST}:{PORTS['a']}"
+    sink = f"http://{HOST}:{PORTS['sink']}"
+    msg = "/call-echo?msg=hello+bench"
+
+    subprocess.run(["nginx", "-c", nginx_conf(tmp)], check=True)
+    wait_http(PORTS["sink"], None, "/")
+
+    env_on = daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink)
+    env_off = daemon_env(OTEL_SDK_DISABLED="true")
+    a = procs.start([a_bin, "--listen", f"{HOST}:{PORTS['a']}"], daemon_env(OTEL_SDK_DISABLED="true"), PORTS["a"])
+    time.sleep(0.5)
+    figures["rss_idle_a_kib"] = rss_kib(a.pid)
+
+    log(f"service-a direct: {d}s, {c} connections")
+    figures["a_direct"], figures["rss_load_a_kib"] = loaded(
+        a.pid, lambda: wrk(f"{a_url}/echo?msg=hello+bench", d, c))
+
+    for name, env in (("b_on", env_on), ("b_off", env_off)):
+        b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", a_url], env, PORTS["b"])
+        time.sleep(0.5)
+        figures[f"rss_idle_{name}_kib"] = rss_kib(b.pid)
+        log(f"service-b, telemetry {name[2:]}: {d}s, {c} connections")
+        figures[name], figures[f"rss_load_{name}_kib"] = loaded(
+            b.pid, lambda: wrk(f"http://{HOST}:{PORTS['b']}{msg}", d, c))
+        procs.stop(b)
+
+    log(f"nginx proxy_pass: {d}s, {c} connections")
+    figures["nginx"] = wrk(f"http://{HOST}:{PORTS['nginx']}/?msg=hello+bench", d, c)
+    procs.stop(a)
+
+    if not args.skip_flask:
+        fa = procs.start([py, os.path.join(ROOT, "bench", "flask_original", "service_a.py")],
+                         dict(os.environ, PORT=str(PORTS["flask_a"])), PORTS["flask_a"])
+        fb = procs.start([py, os.path.join(ROOT, "bench", "flask_original", "service_b.py")],
+                         dict(os.environ, PORT=str(PORTS["flask_b"]),
+                              SERVICE_A_URL=f"http://{HOST}:{PORTS['flask_a']}"), PORTS["flask_b"])
+        log(f"Flask original: {d}s, {c} connections")
+        figures["flask"] = wrk(f"http://{HOST}:{PORTS['flask_b']}{msg}", d, c)
+        procs.stop(fb)
+        procs.stop(fa)
+
+    # Failure paths, with the breaker off so every request really tries.
+    nothing = f"http://{HOST}:{PORTS['a']}"  # service-a is stopped now
+    b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", nothing,
+                     "--breaker-failures", "0"], daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink), PORTS["b"])
+    log(f"refused path: {d}s, {c} connections")
+    figures["refused"] = wrk(f"http://{HOST}:{PORTS['b']}{msg}", d, c)
+    procs.stop(b)
+
+    hung = hung_server(PORTS["hung"])
+    b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
+                     "--breaker-failures", "0", "--max-in-flight", str(max(1024, args.hung_connections))],
+                    daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink, RUST_LOG="warn,access=off"), PORTS["b"])
+    n = args.hung_connections
+    log(f"hung path: {n} connections for {max(d, 5)}s")
+    figures["hung"], figures["rss_hung_b_kib"] = loaded(
+        b.pid, lambda: wrk(f"http://{HOST}:{PORTS['b']}{msg}", max(d, 5), n, threads=2))
+    procs.stop(b)
+    hung.close()
+
+    log("exec to READY=1, 20 starts each")
+    figures["ready_a_ms"] = ready_ms(a_bin, env_off)
+    figures["ready_b_ms"] = ready_ms(b_bin, env_on)
+
+
+def report(args, f):
+    rows = [("service-a direct", "a_direct"), ("service-b, telemetry on", "b_on"),
+            ("service-b, telemetry off", "b_off"), ("nginx proxy_pass", "nginx"),
+            ("Flask original", "flask"), ("refused path (503)", "refused"),
+            (f"hung path, {args.hung_connections} conns (503)", "hung")]
+    print(f"\nBenchmark: wrk, {args.connections} connections, {args.duration}s per case, loopback, "
+          f"{os.cpu_count()} cores\n")
+    print(f"| case | requests/s | p50 ms | p99 ms | max ms | non-2xx | socket errors |")
+    print(f"|---|---:|---:|---:|---:|---:|---|")
+    for label, key in rows:
+        if key in f:
+            r = f[key]
+            print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | "
+                  f"{r['non2xx']} | {r['socket_errors'] or '-'} |")
+    print()
+    print(f"| memory and start-up | service-a | service-b |")
+    print(f"|---|---:|---:|")
+    print(f"| RSS idle | {f['rss_idle_a_kib'] / 1024:.1f} MB | {f['rss_idle_b_on_kib'] / 1024:.1f} MB |")
+    print(f"| RSS under load (peak) | {f['rss_load_a_kib'] / 1024:.1f} MB | {f['rss_load_b_on_kib'] / 1024:.1f} MB |")
+    print(f"| RSS, {args.hung_connections} requests on a hung service-a | | {f['rss_hung_b_kib'] / 1024:.1f} MB |")
+    print(f"| exec to READY=1 (median of 20) | {f['ready_a_ms']:.1f} ms | {f['ready_b_ms']:.1f} ms |")
+    on, off, ngx = f["b_on"], f["b_off"], f["nginx"]
+    print()
+    print("| ratio (this run) | value | target |")
+    print("|---|---:|---|")
+    print(f"| service-b (telemetry on) / nginx, requests/s | {on['rps'] / ngx['rps']:.2f} | >= 1.0 |")
+    print(f"| service-b (telemetry on) / nginx, p99 | {on['p99_ms'] / ngx['p99_ms']:.2f} | <= 1.2 |")
+    print(f"| telemetry on / off, requests/s | {on['rps'] / off['rps']:.2f} | >= 0.95 |")
+    if "flask" in f:
+        print(f"| service-b (telemetry on) / Flask original, requests/s | {on['rps'] / f['flask']['rps']:.1f} | >= 20 |")
+    print(f"| service-b / service-a direct, requests/s | {on['rps'] / f['a_direct']['rps']:.2f} | (one hop costs) |")
+    print(f"| refused path p99 | {f['refused']['p99_ms']:.2f} ms | < 2 ms |")
+    hung = f["hung"]
+    print(f"| hung path: p50 / max answer vs the 1 s deadline | +{hung['p50_ms'] - 1000:.0f} / +{hung['max_ms'] - 1000:.0f} ms | max <= +100 ms |")
+    print(f"| idle RSS service-a / service-b | {f['rss_idle_a_kib'] / 1024:.1f} / {f['rss_idle_b_on_kib'] / 1024:.1f} MB | < 15 MB |")
+    print(f"| exec to READY=1 service-a / service-b | {f['ready_a_ms']:.1f} / {f['ready_b_ms']:.1f} ms | < 50 ms |")
+
+
+if __name__ == "__main__":
+    main()
