@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use service_kit::telemetry::current_trace_id;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The bound on calls to service-a in flight at once.
@@ -173,6 +174,7 @@ impl Breaker {
             (_, false) => {
                 let until = Instant::now() + self.cooldown;
                 tracing::warn!(
+                    trace_id = current_trace_id().as_deref().unwrap_or("-"),
                     "circuit breaker open: calls to service-a refused for {}",
                     humantime::format_duration(self.cooldown)
                 );

@@ -5,12 +5,13 @@
 use std::borrow::Cow;
 use std::error::Error as _;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::Status;
-use opentelemetry::{KeyValue, global};
+use opentelemetry::{KeyValue, Value, global};
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, SERVER_ADDRESS, SERVER_PORT,
@@ -20,7 +21,7 @@ use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
-use service_kit::telemetry::DURATION_BUCKETS;
+use service_kit::telemetry::{DURATION_BUCKETS, current_trace_id};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
@@ -128,7 +129,7 @@ pub struct Upstream {
     /// Largest body accepted from service-a; more is `invalid_response`.
     max_body: usize,
     /// `url.full` for spans, with the user's `msg` redacted.
-    url_for_spans: String,
+    url_for_spans: Value,
     /// `server.address` and `server.port` (and the method), on every call's
     /// span and metric.
     peer: [KeyValue; 3],
@@ -155,9 +156,10 @@ impl Upstream {
         let echo_url = echo_url(base);
         let peer = [
             KeyValue::new(HTTP_REQUEST_METHOD, "GET"),
+            // Shared, not copied, by every call's span and sample.
             KeyValue::new(
                 SERVER_ADDRESS,
-                echo_url.host_str().unwrap_or_default().to_owned(),
+                Arc::<str>::from(echo_url.host_str().unwrap_or_default()),
             ),
             KeyValue::new(
                 SERVER_PORT,
@@ -172,7 +174,7 @@ impl Upstream {
             .build();
         Ok(Self {
             client,
-            url_for_spans: format!("{echo_url}?msg=REDACTED"),
+            url_for_spans: Value::from(Arc::<str>::from(format!("{echo_url}?msg=REDACTED"))),
             echo_url,
             deadline,
             max_body: (max_msg_bytes * 6 + 1024).max(64 * 1024),
@@ -247,15 +249,19 @@ impl Upstream {
     }
 
     async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), UpstreamError> {
-        let send = || self.client.get(url.clone()).headers(headers.clone()).send();
-        let mut response = match send().await {
+        let first = self.client.get(url.clone()).headers(headers.clone()).send();
+        let mut response = match first.await {
             Ok(response) => response,
             // service-a closed a kept-alive connection just as the request
             // went out on it (it was restarting, or its idle timer fired).
             // A GET can safely go again, once, on another connection.
             Err(e) if closed_before_answer(&e) => {
-                tracing::debug!("service-a closed the connection before answering; retrying once");
-                send().await.map_err(|e| self.classify(&e))?
+                tracing::debug!(
+                    trace_id = current_trace_id().as_deref().unwrap_or("-"),
+                    "service-a closed the connection before answering; retrying once"
+                );
+                let again = self.client.get(url).headers(headers).send();
+                again.await.map_err(|e| self.classify(&e))?
             }
             Err(e) => return Err(self.classify(&e)),
         };

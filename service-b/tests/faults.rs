@@ -109,6 +109,7 @@ async fn ten_thousand_requests_against_a_hung_service_a_all_get_an_answer_in_bou
     }
     // No more than the default bound (1024) ever reached service-a.
     assert!(hang.requests().len() <= 1024, "{}", hang.requests().len());
+    // About 17 KiB per open connection (10 000 here); bounded by --max-connections.
     assert!(peak_kib < 256 * 1024, "peak RSS {peak_kib} KiB");
     // And it is still serving.
     assert_eq!(health(&b).await["status"], "ok");

@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::subscriber::Interest;
+use tracing::{Level, Metadata};
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::filter::{DynFilterFn, LevelFilter};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -27,7 +30,8 @@ pub const SDK_ERROR_EVERY: Duration = Duration::from_secs(60);
 /// A layer on the global subscriber (the OpenTelemetry bridge, for one).
 pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-/// Installs the global subscriber with `extra` layers besides the output.
+/// Installs the global subscriber with `extra` layers besides the output;
+/// each extra layer carries its own filter.
 /// Returns a warning to log once logging works (a bad `RUST_LOG`, say).
 pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
     let (filter, warning) = match EnvFilter::try_from_default_env() {
@@ -40,25 +44,39 @@ pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
         ),
         Err(_) => (EnvFilter::new("info"), None),
     };
+    // RUST_LOG filters the log output only: the other layers (the
+    // OpenTelemetry bridge) choose what they see themselves, so turning logs
+    // down never turns traces off.
+    // Every filter states the most verbose level it can let through, so
+    // that `debug!`/`trace!` in the libraries stay free when nothing wants them.
+    let hint = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let mut layers = extra;
-    layers.push(output().with_filter(rate_limit_sdk_errors()).boxed());
-    let _ = Registry::default()
-        .with(layers.with_filter(filter))
-        .try_init();
+    layers.push(
+        output()
+            .with_filter(filter)
+            .with_filter(output_filter(hint))
+            .boxed(),
+    );
+    let _ = Registry::default().with(layers).try_init();
     warning
 }
 
-/// Lets one error of the OpenTelemetry SDK through per [`SDK_ERROR_EVERY`]:
-/// a dead collector is worth a line a minute, not one per export.
-fn rate_limit_sdk_errors() -> FilterFn {
+/// What the output takes besides `RUST_LOG` (whose most verbose level is
+/// `hint`): events, not spans (a line names its request by its own
+/// `trace_id` field, so the output need not follow every span, which costs
+/// work on each poll of each request); and one error of the OpenTelemetry
+/// SDK per [`SDK_ERROR_EVERY`] (a dead collector is worth a line a minute,
+/// not one per export).
+fn output_filter<S>(hint: LevelFilter) -> impl Filter<S> {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    FilterFn::new(|meta| {
-        // Only errors repeat per export; warnings (spans dropped because the
-        // queue is full) are logged once by the SDK and always get through.
-        if !meta.target().starts_with("opentelemetry")
-            || !meta.is_event()
-            || *meta.level() != tracing::Level::ERROR
-        {
+    let sdk_error = |meta: &Metadata<'_>| {
+        meta.target().starts_with("opentelemetry") && *meta.level() == Level::ERROR
+    };
+    DynFilterFn::new(move |meta: &Metadata<'_>, _: &Context<'_, S>| {
+        if !meta.is_event() || hint < *meta.level() {
+            return false;
+        }
+        if !sdk_error(meta) {
             return true;
         }
         let now = SystemTime::now()
@@ -69,6 +87,18 @@ fn rate_limit_sdk_errors() -> FilterFn {
             && LAST
                 .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    })
+    .with_max_level_hint(hint)
+    // Decided once per call site, except the SDK's errors: those are
+    // counted each time.
+    .with_callsite_filter(move |meta| {
+        if !meta.is_event() || hint < *meta.level() {
+            Interest::never()
+        } else if sdk_error(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
     })
 }
 
@@ -111,15 +141,34 @@ struct TextVisitor<'w> {
 }
 
 impl Visit for TextVisitor<'_> {
+    /// A plain word is written as is (`kind=timeout`); a string with spaces,
+    /// quotes or `=` is quoted and escaped, so a line still splits cleanly.
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let plain = !value
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'=' || b.is_ascii_control());
+        if field.name() == "message" || (plain && !value.is_empty()) {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+impl TextVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
         if self.result.is_err() || field.name().starts_with("otel.") {
             return;
         }
         let sep = if self.first { "" } else { " " };
         self.first = false;
         self.result = match field.name() {
-            "message" => write!(self.writer, "{sep}{value:?}"),
-            name => write!(self.writer, "{sep}{name}={value:?}"),
+            "message" => write!(self.writer, "{sep}{value}"),
+            name => write!(self.writer, "{sep}{name}={value}"),
         };
     }
 }

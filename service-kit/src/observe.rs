@@ -4,21 +4,22 @@
 //! headers every answer carries, and renders the JSON bodies of 404 and 405
 //! (salvo decides those before any handler runs).
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::Status;
-use opentelemetry::{Key, KeyValue, global};
+use opentelemetry::{Key, KeyValue, Value, global};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_SERVER_REQUEST_DURATION;
-use salvo::http::StatusCode;
 use salvo::http::header::{CACHE_CONTROL, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Scribe, async_trait};
 use tracing::Instrument;
-use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::ApiError;
@@ -41,6 +42,68 @@ pub fn route_of(req: &Request) -> Option<String> {
     (!matched.is_empty()).then(|| format!("/{matched}"))
 }
 
+/// The method as a `'static` name; the semantic conventions' `_OTHER` for
+/// anything non-standard, so a client cannot mint new label values.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// What a request's method and route are called in spans, metrics and logs.
+#[derive(Debug, Clone, Copy)]
+struct Endpoint {
+    /// `/call-echo`, or `None` for a request no route matched.
+    route: Option<&'static str>,
+    /// `GET /call-echo` (or just `GET`).
+    span_name: &'static str,
+}
+
+/// Endpoints by (method, matched path), made once each. Every key is a
+/// route of the router times a standard method, so this stays small; the
+/// names are leaked once, and every request after the first borrows them
+/// instead of formatting and allocating its own.
+#[derive(Debug, Default)]
+struct Endpoints(RwLock<HashMap<String, Vec<(&'static str, Endpoint)>>>);
+
+impl Endpoints {
+    fn get(&self, method: &'static str, matched: &str) -> Endpoint {
+        let read = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let found = read
+            .get(matched)
+            .and_then(|by_method| by_method.iter().find(|(m, _)| *m == method));
+        if let Some((_, endpoint)) = found {
+            return *endpoint;
+        }
+        drop(read);
+        let route: Option<&'static str> =
+            (!matched.is_empty()).then(|| &*Box::leak(format!("/{matched}").into_boxed_str()));
+        let endpoint = Endpoint {
+            route,
+            span_name: match route {
+                Some(route) => Box::leak(format!("{method} {route}").into_boxed_str()),
+                None => method,
+            },
+        };
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(matched.to_owned())
+            .or_default()
+            .push((method, endpoint));
+        endpoint
+    }
+}
+
 /// Observes every request of one daemon.
 #[derive(Debug, Clone)]
 pub struct Observe {
@@ -48,6 +111,8 @@ pub struct Observe {
     duration: Histogram<f64>,
     /// `<daemon>.degraded`, the span attribute that marks a degraded answer.
     degraded_key: Key,
+    /// Names of the endpoints seen so far.
+    endpoints: Arc<Endpoints>,
 }
 
 impl Observe {
@@ -63,6 +128,7 @@ impl Observe {
         Self {
             duration,
             degraded_key: Key::new(format!("{}.degraded", name.replace('-', "_"))),
+            endpoints: Arc::default(),
         }
     }
 }
@@ -77,32 +143,21 @@ impl Handler for Observe {
         ctrl: &mut FlowCtrl,
     ) {
         let started = Instant::now();
-        let method = req.method().as_str().to_owned();
-        let route = route_of(req);
-        let endpoint = route.as_deref().unwrap_or("(none)");
-        // The span name is the route template, never the raw URI; an
-        // unmatched request is just its method.
-        let name = match &route {
-            Some(route) => format!("{method} {route}"),
-            None => method.clone(),
-        };
+        let method = method_name(req.method());
+        let endpoint = self.endpoints.get(method, req.matched_path());
         let span = tracing::info_span!(
             "request",
-            otel.name = name,
+            otel.name = endpoint.span_name,
             otel.kind = "server",
-            trace_id = Empty,
         );
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
         let _ = span.set_parent(parent);
-        if let Some(trace_id) = trace_id_of(&span) {
-            span.record("trace_id", trace_id);
-        }
-        span.set_attribute(HTTP_REQUEST_METHOD, method.clone());
+        span.set_attribute(HTTP_REQUEST_METHOD, method);
         span.set_attribute(URL_SCHEME, "http");
         span.set_attribute(URL_PATH, req.uri().path().to_owned());
-        if let Some(route) = &route {
-            span.set_attribute(HTTP_ROUTE, route.clone());
+        if let Some(route) = endpoint.route {
+            span.set_attribute(HTTP_ROUTE, route);
         }
 
         ctrl.call_next(req, depot, res)
@@ -125,24 +180,27 @@ impl Handler for Observe {
         let code = status.as_u16();
         let degraded = depot.get_typed::<Degraded>().ok().copied();
         // A server span is an error on 5xx only: a 4xx is the caller's mistake.
-        let error_type = degraded
-            .map(|d| d.kind.to_owned())
-            .or_else(|| status.is_server_error().then(|| code.to_string()));
+        let error_type: Option<Value> = match degraded {
+            Some(d) => Some(d.kind.into()),
+            None if status.is_server_error() => Some(code.to_string().into()),
+            None => None,
+        };
         span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(code));
         if let Some(error_type) = &error_type {
             span.set_attribute(ERROR_TYPE, error_type.clone());
-            span.set_status(Status::error(error_type.clone()));
+            span.set_status(Status::error(error_type.to_string()));
         }
         if degraded.is_some() {
             span.set_attribute(self.degraded_key.clone(), true);
         }
 
-        let mut attributes = vec![
-            KeyValue::new(HTTP_REQUEST_METHOD, method.clone()),
+        let mut attributes = Vec::with_capacity(5);
+        attributes.extend([
+            KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(URL_SCHEME, "http"),
             KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
-        ];
-        if let Some(route) = route.clone() {
+        ]);
+        if let Some(route) = endpoint.route {
             attributes.push(KeyValue::new(HTTP_ROUTE, route));
         }
         if let Some(error_type) = error_type {
@@ -150,16 +208,37 @@ impl Handler for Observe {
         }
         self.duration.record(elapsed.as_secs_f64(), &attributes);
 
-        // The access line is written inside the span, so it carries the
-        // trace id (a field in the journal, a prefix on stderr).
-        let _in_span = span.enter();
         log_access(
-            &method,
-            endpoint,
+            method,
+            endpoint.route.unwrap_or("(none)"),
             code,
-            elapsed.as_micros() as f64 / 1000.0,
+            Micros(elapsed.as_micros() as u64),
             degraded,
+            &TraceId(&span),
         );
+    }
+}
+
+/// A latency, shown in milliseconds with three decimals; integer arithmetic,
+/// because a float's formatting costs more than the rest of the line.
+#[derive(Clone, Copy)]
+struct Micros(u64);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// The trace id of a span, worked out only if a log line is written.
+struct TraceId<'a>(&'a tracing::Span);
+
+impl std::fmt::Display for TraceId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match trace_id_of(self.0) {
+            Some(id) => f.write_str(&id),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -169,26 +248,29 @@ fn log_access(
     method: &str,
     endpoint: &str,
     status: u16,
-    latency_ms: f64,
+    latency: Micros,
     degraded: Option<Degraded>,
+    trace_id: &TraceId<'_>,
 ) {
+    let latency_ms = format_args!("{latency}");
+    // Field values are only evaluated when the line is written.
     match degraded {
         Some(d) => tracing::warn!(
             target: "access",
-            method, endpoint, status, latency_ms,
-            kind = d.kind, upstream_status = d.upstream_status,
-            "{method} {endpoint} {status} degraded: {} (upstream {}) in {latency_ms} ms",
+            method, endpoint, status, latency_ms = %latency_ms,
+            kind = d.kind, upstream_status = d.upstream_status, trace_id = %trace_id,
+            "{method} {endpoint} {status} degraded: {} (upstream {}) in {latency} ms",
             d.kind, d.upstream_status
         ),
         None if status >= 500 => tracing::error!(
             target: "access",
-            method, endpoint, status, latency_ms,
-            "{method} {endpoint} {status} in {latency_ms} ms"
+            method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
+            "{method} {endpoint} {status} in {latency} ms"
         ),
         None => tracing::info!(
             target: "access",
-            method, endpoint, status, latency_ms,
-            "{method} {endpoint} {status} in {latency_ms} ms"
+            method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
+            "{method} {endpoint} {status} in {latency} ms"
         ),
     }
 }

@@ -11,19 +11,18 @@
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::ObservableGauge;
-use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_semantic_conventions::resource::{
     HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_VERSION,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterFn, LevelFilter};
 
 use crate::logging::BoxedLayer;
 
@@ -124,10 +123,8 @@ impl Telemetry {
         service: &str,
         version: &str,
     ) -> Result<(Self, Option<BoxedLayer>), String> {
-        global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
+        // W3C trace context only: nothing here reads or sets baggage.
+        global::set_text_map_propagator(TraceContextPropagator::new());
         let resource = resource(service, version);
         let mut telemetry = Self::default();
         let mut layer = None;
@@ -141,15 +138,15 @@ impl Telemetry {
                 .with_resource(resource.clone())
                 .build();
             let tracer = provider.tracer(service.to_owned());
-            // Only our own spans: the exporter's HTTP client must not trace
-            // itself, and the access log stays a log (its facts are already
-            // the server span's attributes).
-            let ours = Targets::new()
-                .with_target("access", tracing::level_filters::LevelFilter::OFF)
-                .with_target("hyper", tracing::Level::ERROR)
-                .with_target("reqwest", tracing::Level::ERROR)
-                .with_target("opentelemetry", tracing::Level::ERROR)
-                .with_default(tracing::Level::TRACE);
+            // Only our own spans, never events: the exporter's HTTP client
+            // must not trace itself, and logs stay logs (the facts they
+            // carry are the spans' attributes already).
+            let ours = FilterFn::new(|meta| {
+                meta.is_span()
+                    && meta.target().starts_with("service_")
+                    && LevelFilter::INFO >= *meta.level()
+            })
+            .with_max_level_hint(LevelFilter::INFO);
             layer = Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
@@ -157,6 +154,11 @@ impl Telemetry {
                     .with_threads(false)
                     .with_target(false)
                     .with_level(false)
+                    // Neither busy/idle timing (two clock reads per poll) nor
+                    // an active OTel context per poll: contexts are passed
+                    // explicitly (span.context()), nothing reads the ambient one.
+                    .with_tracked_inactivity(false)
+                    .with_context_activation(false)
                     .with_filter(ours)
                     .boxed(),
             );
