@@ -3,6 +3,12 @@
 # service-a on 127.0.0.1:8080, service-b on 127.0.0.1:8081. Ctrl-C stops both
 # (each drains its in-flight requests first). Settings come from the usual
 # variables, e.g. SERVICE_B_UPSTREAM_TIMEOUT=300ms ./run.sh
+#
+# To see the failure the lab is about, from another terminal:
+#   kill -STOP $(pgrep -x service-a)   # service-a hangs: 503 "timeout" after 1 s
+#   kill -CONT $(pgrep -x service-a)   # it answers again
+#   kill $(pgrep -x service-a)         # service-a stops: 503 "connection_refused";
+#                                      # service-b keeps running here
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,12 +23,28 @@ trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
 # Each line says which daemon wrote it.
-target/release/service-a 2> >(sed -u 's/^/[service-a] /' >&2) & pids+=($!)
-target/release/service-b 2> >(sed -u 's/^/[service-b] /' >&2) & pids+=($!)
+target/release/service-a 2> >(sed -u 's/^/[service-a] /' >&2) & a=$!
+target/release/service-b 2> >(sed -u 's/^/[service-b] /' >&2) & b=$!
+pids=("$a" "$b")
 echo "run.sh: both daemons running; try: curl 'http://127.0.0.1:8081/call-echo?msg=hello' (Ctrl-C stops both)" >&2
 
-# If either daemon exits on its own (a port in use, say), stop the other.
-status=0
-wait -n "${pids[@]}" || status=$?
-[ "$status" -eq 0 ] || echo "run.sh: a daemon failed (status $status); stopping the other" >&2
-exit "$status"
+while :; do
+    status=0
+    wait -n -p done "${pids[@]}" || status=$?
+    # A signal to this script (Ctrl-C) interrupts wait without a pid: the trap
+    # has already stopped both.
+    [ -n "${done:-}" ] || exit 0
+    if [ "$done" = "$a" ] && [ "$status" -eq 0 ]; then
+        # Stopped from outside (SIGTERM drains and exits 0): exactly the fault
+        # service-b exists to survive, so keep it running.
+        pids=("$b")
+        echo "run.sh: service-a stopped; service-b keeps answering (503 connection_refused)." \
+            "Start service-a again in another terminal: target/release/service-a" >&2
+        continue
+    fi
+    # Anything else (a port in use, service-b stopped) ends the session.
+    name=service-b
+    [ "$done" = "$a" ] && name=service-a
+    echo "run.sh: $name exited (status $status); stopping" >&2
+    exit "$status"
+done

@@ -6,6 +6,20 @@ cd "$(dirname "$0")"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+sudo=
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+
+# curl and pgrep drive the daemons in the shell tests below.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v pgrep >/dev/null || missing+=(procps)
+if [ "${#missing[@]}" -gt 0 ]; then
+    step "apt-get install ${missing[*]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        { $sudo apt-get update -qq &&
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -32,12 +46,12 @@ step "fuzz (fuzz/run.sh, ${FUZZ_SECONDS:-30}s per target)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
+# The README's run command as a user runs it (builds the release binaries).
+step "run.sh (testkit/run-sh-test.sh)"
+testkit/run-sh-test.sh
+
 # Real systemd in a container: the units, installed by deploy/install.sh.
 step "systemd end to end (deploy/test-systemd.sh)"
-if [ "$(id -u)" -eq 0 ]; then
-    deploy/test-systemd.sh --binaries target/debug
-else
-    sudo deploy/test-systemd.sh --binaries target/debug
-fi
+$sudo deploy/test-systemd.sh --binaries target/debug
 
 step "all tests passed"
