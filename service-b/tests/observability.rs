@@ -215,9 +215,22 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
         );
     }
 
+    // What a user must see: a number (not NaN, not only zeros) in every
+    // panel, and in the panels by kind, each kind this traffic caused.
     let mut report = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let samples = backend.wait_for(&expr, |s| !s.is_empty()).await;
+        let kinds: &[&str] = match title.as_str() {
+            "Degraded answers of service-b, by kind" => {
+                &["timeout", "connection_failed", "connection_refused"]
+            }
+            // A histogram series starts with its first observation, which
+            // rate() sees only as a starting value: the kinds of both rounds.
+            "Calls to service-a: failures, by kind" => &["timeout", "connection_failed"],
+            _ => &[],
+        };
+        let samples = backend
+            .wait_for(&expr, |s| shows_data(s) && shows_kinds(s, kinds))
+            .await;
         report.push(format!(
             "dashboard {title:?}: {expr}\n    -> {}",
             show(&samples)
@@ -232,7 +245,7 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
             let name = rule["name"].as_str().unwrap();
             let expr = rule["query"].as_str().unwrap();
             if rule["type"] == "recording" {
-                let samples = backend.wait_for(name, |s| !s.is_empty()).await;
+                let samples = backend.wait_for(name, shows_data).await;
                 report.push(format!("record {name}: {expr}\n    -> {}", show(&samples)));
             } else if name == "DaemonNoData" {
                 // Both daemons report, so this one must be empty (its firing is
@@ -247,7 +260,7 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
                 ));
                 alerts_checked += 1;
             } else {
-                let samples = backend.wait_for(expr, |s| !s.is_empty()).await;
+                let samples = backend.wait_for(expr, shows_data).await;
                 report.push(format!("alert {name}: {expr}\n    -> {}", show(&samples)));
                 alerts_checked += 1;
             }
@@ -264,6 +277,20 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
         .await;
     report.push(format!("alerts pending or firing: {alerts:?}"));
     println!("{}", report.join("\n"));
+}
+
+/// At least one series with a number a user can read: not NaN, not zero.
+fn shows_data(samples: &[testkit::Sample]) -> bool {
+    samples.iter().any(|s| s.value.is_finite() && s.value > 0.0)
+}
+
+/// Every kind in `kinds` has a series by `error_type` with a positive value.
+fn shows_kinds(samples: &[testkit::Sample], kinds: &[&str]) -> bool {
+    kinds.iter().all(|kind| {
+        samples.iter().any(|s| {
+            s.labels.get("error_type").and_then(Value::as_str) == Some(kind) && s.value > 0.0
+        })
+    })
 }
 
 fn show(samples: &[testkit::Sample]) -> String {
