@@ -21,7 +21,7 @@ use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
-use service_kit::telemetry::{DURATION_BUCKETS, current_trace_id};
+use service_kit::telemetry::{current_trace_id, duration_histogram};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
@@ -166,12 +166,11 @@ impl Upstream {
                 i64::from(echo_url.port_or_known_default().unwrap_or(80)),
             ),
         ];
-        let duration = global::meter("service-b")
-            .f64_histogram(HTTP_CLIENT_REQUEST_DURATION)
-            .with_unit("s")
-            .with_description("Duration of HTTP client requests.")
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build();
+        let duration = duration_histogram(
+            "service-b",
+            HTTP_CLIENT_REQUEST_DURATION,
+            "Duration of HTTP client requests.",
+        );
         Ok(Self {
             client,
             url_for_spans: Value::from(Arc::<str>::from(format!("{echo_url}?msg=REDACTED"))),

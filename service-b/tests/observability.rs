@@ -173,22 +173,11 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
     let b3 = exporting("service-b", &backend, &dead.url()).await;
     for round in 0..2 {
         // 20 good answers...
-        for i in 0..20 {
-            assert_eq!(
-                client
-                    .get(&b.url(&format!("/call-echo?msg={i}")))
-                    .await
-                    .status,
-                200
-            );
-        }
+        client.call_echo_ok(&b.url(""), 20).await;
         // ...3 failed connections...
-        for _ in 0..3 {
-            assert_eq!(
-                client.get(&b3.url("/call-echo?msg=x")).await.json["error"],
-                "connection_failed"
-            );
-        }
+        client
+            .call_echo_degraded(&b3.url(""), 3, "connection_failed")
+            .await;
         // ...and 3 timeouts at the default 1 s deadline, at once.
         let url = b2.url("/call-echo?msg=x");
         let timeouts = (0..3).map(|_| client.get(&url));
@@ -208,12 +197,9 @@ async fn every_dashboard_and_rule_query_returns_data_from_real_traffic() {
     a.signal(Sig::SIGTERM);
     a.wait_exit(Duration::from_secs(10)).await;
     let _a = exporting("service-a", &backend, "").await; // back, elsewhere: the uptime panel sees it
-    for _ in 0..3 {
-        assert_eq!(
-            client.get(&b.url("/call-echo?msg=x")).await.json["error"],
-            "connection_refused"
-        );
-    }
+    client
+        .call_echo_degraded(&b.url(""), 3, "connection_refused")
+        .await;
 
     // What a user must see: a number (not NaN, not only zeros) in every
     // panel, and in the panels by kind, each kind this traffic caused.

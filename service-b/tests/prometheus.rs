@@ -38,32 +38,16 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     // 5 good answers through a real service-a, then 3 refused once it stops.
     let mut a = daemon("service-a", &backend, None).await;
     let b = daemon("service-b", &backend, Some(&a.url(""))).await;
-    for i in 0..5 {
-        assert_eq!(
-            client
-                .get(&b.url(&format!("/call-echo?msg={i}")))
-                .await
-                .status,
-            200
-        );
-    }
+    client.call_echo_ok(&b.url(""), 5).await;
     a.signal(Sig::SIGTERM);
     a.wait_exit(std::time::Duration::from_secs(10)).await;
-    for _ in 0..3 {
-        assert_eq!(
-            client.get(&b.url("/call-echo?msg=x")).await.json["error"],
-            "connection_refused"
-        );
-    }
+    client
+        .call_echo_degraded(&b.url(""), 3, "connection_refused")
+        .await;
     // 2 timeouts from a second service-b whose service-a hangs.
     let hang = FakeUpstream::start(Behaviour::Hang).await;
     let b2 = daemon("service-b", &backend, Some(&hang.url())).await;
-    for _ in 0..2 {
-        assert_eq!(
-            client.get(&b2.url("/call-echo?msg=x")).await.json["error"],
-            "timeout"
-        );
-    }
+    client.call_echo_degraded(&b2.url(""), 2, "timeout").await;
     // And one that is never called at all.
     let _idle = daemon(
         "service-b",

@@ -187,20 +187,12 @@ async fn metrics_count_what_was_served() {
     let rx = OtlpReceiver::start().await;
     let (mut a, b) = pair(&rx).await;
     let client = Client::new();
-    for i in 0..3 {
-        assert_eq!(
-            client
-                .get(&b.url(&format!("/call-echo?msg={i}")))
-                .await
-                .status,
-            200
-        );
-    }
+    client.call_echo_ok(&b.url(""), 3).await;
     a.signal(Sig::SIGTERM);
     a.wait_exit(WAIT).await;
-    for _ in 0..2 {
-        assert_eq!(client.get(&b.url("/call-echo?msg=x")).await.status, 503);
-    }
+    client
+        .call_echo_degraded(&b.url(""), 2, "connection_refused")
+        .await;
     assert_eq!(client.get(&b.url("/call-echo?msg=%ff")).await.status, 400);
 
     let wait_for = |service: &'static str,

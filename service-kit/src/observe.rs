@@ -23,7 +23,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::ApiError;
-use crate::telemetry::{DURATION_BUCKETS, trace_id_of};
+use crate::telemetry::{duration_histogram, trace_id_of};
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
 /// the access log and the server span can say why.
@@ -119,12 +119,11 @@ impl Observe {
     /// The hoop for daemon `name`. Takes its instruments from the global
     /// meter provider: create it after telemetry has started.
     pub fn new(name: &str) -> Self {
-        let duration = global::meter("service-kit")
-            .f64_histogram(HTTP_SERVER_REQUEST_DURATION)
-            .with_unit("s")
-            .with_description("Duration of HTTP server requests.")
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build();
+        let duration = duration_histogram(
+            "service-kit",
+            HTTP_SERVER_REQUEST_DURATION,
+            "Duration of HTTP server requests.",
+        );
         Self {
             duration,
             degraded_key: Key::new(format!("{}.degraded", name.replace('-', "_"))),

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::ObservableGauge;
+use opentelemetry::metrics::{Histogram, ObservableGauge};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
@@ -37,6 +37,22 @@ pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// An HTTP duration histogram as the semantic conventions define it
+/// (seconds, [`DURATION_BUCKETS`]), from the global meter provider: take it
+/// after telemetry has started, or it stays a no-op.
+pub fn duration_histogram(
+    meter: &'static str,
+    name: &'static str,
+    description: &'static str,
+) -> Histogram<f64> {
+    global::meter(meter)
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(DURATION_BUCKETS.to_vec())
+        .build()
+}
 
 /// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
 /// `OTEL_METRICS_EXPORTER` and the protocol variables.

@@ -64,6 +64,31 @@ impl Client {
             .unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
+    /// `n` calls to service-b's `/call-echo` at `base` (`http://host:port`),
+    /// each asserted to be the 200 echo of its own `msg`.
+    pub async fn call_echo_ok(&self, base: &str, n: usize) {
+        for i in 0..n {
+            let r = self.get(&format!("{base}/call-echo?msg={i}")).await;
+            let expected =
+                serde_json::json!({"service_b": "ok", "service_a": {"echo": i.to_string()}});
+            assert_eq!((r.status, &r.json), (200, &expected), "{}", r.text);
+        }
+    }
+
+    /// `n` calls to service-b's `/call-echo` at `base`, one after the other,
+    /// each asserted to be a 503 of the contract's kind `kind`.
+    pub async fn call_echo_degraded(&self, base: &str, n: usize, kind: &str) {
+        for _ in 0..n {
+            let r = self.get(&format!("{base}/call-echo?msg=x")).await;
+            assert_eq!(
+                (r.status, r.json["error"].as_str()),
+                (503, Some(kind)),
+                "{}",
+                r.text
+            );
+        }
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
         let started = Instant::now();
         let res = req.send().await?;

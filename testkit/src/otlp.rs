@@ -68,16 +68,17 @@ pub struct Span {
 impl Span {
     /// `service.name` of the daemon that sent it.
     pub fn service(&self) -> String {
-        self.resource
-            .get("service.name")
-            .map(Attr::as_string)
-            .unwrap_or_default()
+        string(&self.resource, "service.name").unwrap_or_default()
     }
 
     /// An attribute as a string, if present.
     pub fn attr(&self, key: &str) -> Option<String> {
-        self.attrs.get(key).map(Attr::as_string)
+        string(&self.attrs, key)
     }
+}
+
+fn string(attrs: &Attrs, key: &str) -> Option<String> {
+    attrs.get(key).map(Attr::as_string)
 }
 
 /// Span kinds, as OTLP numbers them.
@@ -115,15 +116,12 @@ pub struct Point {
 impl Point {
     /// `service.name` of the daemon that sent it.
     pub fn service(&self) -> String {
-        self.resource
-            .get("service.name")
-            .map(Attr::as_string)
-            .unwrap_or_default()
+        string(&self.resource, "service.name").unwrap_or_default()
     }
 
     /// An attribute as a string, if present.
     pub fn attr(&self, key: &str) -> Option<String> {
-        self.attrs.get(key).map(Attr::as_string)
+        string(&self.attrs, key)
     }
 }
 
