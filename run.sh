@@ -30,11 +30,11 @@ echo "run.sh: both daemons running; try: curl 'http://127.0.0.1:8081/call-echo?m
 
 while :; do
     status=0
-    wait -n -p done "${pids[@]}" || status=$?
+    wait -n -p exited "${pids[@]}" || status=$?
     # A signal to this script (Ctrl-C) interrupts wait without a pid: the trap
     # has already stopped both.
-    [ -n "${done:-}" ] || exit 0
-    if [ "$done" = "$a" ] && [ "$status" -eq 0 ]; then
+    [ -n "${exited:-}" ] || exit 0
+    if [ "$exited" = "$a" ] && [ "$status" -eq 0 ]; then
         # Stopped from outside (SIGTERM drains and exits 0): exactly the fault
         # service-b exists to survive, so keep it running.
         pids=("$b")
@@ -44,7 +44,7 @@ while :; do
     fi
     # Anything else (a port in use, service-b stopped) ends the session.
     name=service-b
-    [ "$done" = "$a" ] && name=service-a
+    [ "$exited" = "$a" ] && name=service-a
     echo "run.sh: $name exited (status $status); stopping" >&2
     exit "$status"
 done
