@@ -235,8 +235,8 @@ impl Handler for CallEcho {
             Ok((ticket, _slot)) => {
                 let result = self.upstream.echo(&msg).await;
                 match &result {
-                    Ok(_) => ticket.succeeded(),
-                    Err(_) => ticket.failed(),
+                    Err(e) if e.counts_against_upstream() => ticket.failed(),
+                    _ => ticket.succeeded(),
                 }
                 result
             }

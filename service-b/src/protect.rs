@@ -62,11 +62,35 @@ impl BreakerState {
     }
 }
 
-#[derive(Debug)]
-enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Closed {
+        failures: u32,
+    },
+    /// Refusing calls until `wait` has passed since `since`.
+    Open {
+        since: Instant,
+        wait: Duration,
+    },
     HalfOpen,
+}
+
+/// The phase, and which period of it this is: every change of phase starts
+/// a new period, and a call's outcome counts only in the period that
+/// admitted it. So a late success from before the breaker opened does not
+/// close it, and a late failure does not decide a half-open breaker: only
+/// the probe does.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    period: u64,
+}
+
+impl State {
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.period += 1;
+    }
 }
 
 /// A circuit breaker on the calls to service-a.
@@ -85,21 +109,25 @@ pub struct Breaker {
 #[derive(Debug)]
 pub struct Ticket<'a> {
     breaker: &'a Breaker,
+    /// The period that admitted the call.
+    period: u64,
     probe: bool,
     reported: bool,
 }
 
 impl Ticket<'_> {
-    /// The call got a good answer.
+    /// service-a answered: the call succeeded, or failed by the caller's own
+    /// doing (a 4xx), which says nothing against service-a.
     pub fn succeeded(mut self) {
         self.reported = true;
-        self.breaker.record(true);
+        self.breaker.record(self.period, true, Instant::now());
     }
 
-    /// The call failed (any of the contract's upstream kinds).
+    /// The call failed in a way that counts against service-a: a transport
+    /// failure, a timeout, a 5xx or an invalid answer.
     pub fn failed(mut self) {
         self.reported = true;
-        self.breaker.record(false);
+        self.breaker.record(self.period, false, Instant::now());
     }
 }
 
@@ -108,10 +136,11 @@ impl Drop for Ticket<'_> {
         if self.probe && !self.reported {
             // The probe never finished: let the next request probe instead.
             let mut state = self.breaker.lock();
-            if matches!(*state, State::HalfOpen) {
-                *state = State::Open {
-                    until: Instant::now(),
-                };
+            if state.period == self.period {
+                state.enter(Phase::Open {
+                    since: Instant::now(),
+                    wait: Duration::ZERO,
+                });
             }
         }
     }
@@ -123,7 +152,10 @@ impl Breaker {
         Self {
             threshold,
             cooldown,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: Mutex::new(State {
+                phase: Phase::Closed { failures: 0 },
+                period: 0,
+            }),
         }
     }
 
@@ -135,52 +167,80 @@ impl Breaker {
     /// A ticket for one call, or the time left before the breaker lets a
     /// probe through.
     pub fn admit(&self) -> Result<Ticket<'_>, Duration> {
-        let ticket = |probe| Ticket {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Result<Ticket<'_>, Duration> {
+        let ticket = |period, probe| Ticket {
             breaker: self,
+            period,
             probe,
             reported: false,
         };
         if self.threshold == 0 {
-            return Ok(ticket(false));
+            return Ok(ticket(0, false));
         }
         let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Ok(ticket(false)),
-            State::Open { until } => {
-                let now = Instant::now();
-                if now >= until {
-                    *state = State::HalfOpen;
-                    Ok(ticket(true))
+        match state.phase {
+            Phase::Closed { .. } => Ok(ticket(state.period, false)),
+            Phase::Open { since, wait } => {
+                // Elapsed time against the wait: no `Instant + Duration`
+                // that a huge cool-down could overflow.
+                let elapsed = now.saturating_duration_since(since);
+                if elapsed >= wait {
+                    state.enter(Phase::HalfOpen);
+                    Ok(ticket(state.period, true))
                 } else {
-                    Err(until - now)
+                    Err(wait - elapsed)
                 }
             }
             // A probe is out: everyone else waits for its verdict.
-            State::HalfOpen => Err(Duration::ZERO),
+            Phase::HalfOpen => Err(Duration::ZERO),
         }
     }
 
-    fn record(&self, success: bool) {
+    fn record(&self, period: u64, success: bool, now: Instant) {
         if self.threshold == 0 {
             return;
         }
         let mut state = self.lock();
-        *state = match (&*state, success) {
-            (_, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 < self.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            (State::Open { until }, false) => State::Open { until: *until },
-            (_, false) => {
-                let until = Instant::now() + self.cooldown;
-                tracing::warn!(
-                    trace_id = current_trace_id().as_deref().unwrap_or("-"),
-                    "circuit breaker open: calls to service-a refused for {}",
-                    humantime::format_duration(self.cooldown)
-                );
-                State::Open { until }
+        if state.period != period {
+            // Admitted in an earlier period: its news is stale.
+            return;
+        }
+        let opened = match (state.phase, success) {
+            (Phase::Closed { .. }, true) => {
+                state.phase = Phase::Closed { failures: 0 };
+                false
             }
+            (Phase::Closed { failures }, false) if failures + 1 < self.threshold => {
+                state.phase = Phase::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            (Phase::HalfOpen, true) => {
+                state.enter(Phase::Closed { failures: 0 });
+                false
+            }
+            (Phase::Closed { .. } | Phase::HalfOpen, false) => {
+                state.enter(Phase::Open {
+                    since: now,
+                    wait: self.cooldown,
+                });
+                true
+            }
+            // Opening starts a new period: no ticket of an open one exists.
+            (Phase::Open { .. }, _) => false,
         };
+        drop(state);
+        if opened {
+            tracing::warn!(
+                trace_id = current_trace_id().as_deref().unwrap_or("-"),
+                "circuit breaker open: calls to service-a refused for {}",
+                humantime::format_duration(self.cooldown)
+            );
+        }
     }
 
     /// The current state.
@@ -188,10 +248,10 @@ impl Breaker {
         if self.threshold == 0 {
             return BreakerState::Disabled;
         }
-        match *self.lock() {
-            State::Closed { .. } => BreakerState::Closed,
-            State::Open { .. } => BreakerState::Open,
-            State::HalfOpen => BreakerState::HalfOpen,
+        match self.lock().phase {
+            Phase::Closed { .. } => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen => BreakerState::HalfOpen,
         }
     }
 }
@@ -200,15 +260,22 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const COOLDOWN: Duration = Duration::from_secs(60);
+
     fn fail(b: &Breaker, n: u32) {
         for _ in 0..n {
             b.admit().unwrap().failed();
         }
     }
 
+    /// A moment after the cool-down of a breaker opened now: no sleeping.
+    fn after_cooldown() -> Instant {
+        Instant::now() + COOLDOWN
+    }
+
     #[test]
     fn opens_after_consecutive_failures_only() {
-        let b = Breaker::new(3, Duration::from_secs(60));
+        let b = Breaker::new(3, COOLDOWN);
         fail(&b, 2);
         b.admit().unwrap().succeeded();
         fail(&b, 2);
@@ -224,13 +291,13 @@ mod tests {
 
     #[test]
     fn after_the_cooldown_one_probe_decides() {
-        let b = Breaker::new(1, Duration::from_millis(20));
+        let b = Breaker::new(1, COOLDOWN);
         fail(&b, 1);
         assert!(b.admit().is_err());
-        std::thread::sleep(Duration::from_millis(30));
-        let probe = b.admit().unwrap();
+        let later = after_cooldown();
+        let probe = b.admit_at(later).unwrap();
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.admit().is_err(), "only one probe at a time");
+        assert!(b.admit_at(later).is_err(), "only one probe at a time");
         probe.succeeded();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok());
@@ -238,23 +305,74 @@ mod tests {
 
     #[test]
     fn a_failed_probe_opens_it_again() {
-        let b = Breaker::new(1, Duration::from_millis(20));
+        let b = Breaker::new(1, COOLDOWN);
         fail(&b, 1);
-        std::thread::sleep(Duration::from_millis(30));
-        b.admit().unwrap().failed();
+        b.admit_at(after_cooldown()).unwrap().failed();
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.admit().is_err());
     }
 
     #[test]
     fn an_abandoned_probe_lets_the_next_request_probe() {
-        let b = Breaker::new(1, Duration::from_millis(20));
+        let b = Breaker::new(1, COOLDOWN);
         fail(&b, 1);
-        std::thread::sleep(Duration::from_millis(30));
-        drop(b.admit().unwrap());
+        drop(b.admit_at(after_cooldown()).unwrap());
         let next = b.admit().expect("the next request may probe");
         next.succeeded();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_late_success_from_before_the_breaker_opened_does_not_close_it() {
+        let b = Breaker::new(2, COOLDOWN);
+        let slow = b.admit().unwrap(); // in flight while others fail
+        fail(&b, 2);
+        assert_eq!(b.state(), BreakerState::Open);
+        slow.succeeded();
+        assert_eq!(b.state(), BreakerState::Open, "closed by a stale success");
+        assert!(b.admit().is_err());
+    }
+
+    #[test]
+    fn only_the_probe_decides_a_half_open_breaker() {
+        let b = Breaker::new(2, COOLDOWN);
+        let early_a = b.admit().unwrap();
+        let early_b = b.admit().unwrap();
+        fail(&b, 2);
+        let probe = b.admit_at(after_cooldown()).unwrap();
+        early_a.failed();
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "a late failure re-opened it while the probe was out"
+        );
+        early_b.succeeded();
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "a late success closed it while the probe was out"
+        );
+        probe.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn failures_from_before_a_close_do_not_count_after_it() {
+        let b = Breaker::new(2, COOLDOWN);
+        let early = b.admit().unwrap();
+        fail(&b, 2);
+        b.admit_at(after_cooldown()).unwrap().succeeded();
+        early.failed();
+        fail(&b, 1);
+        assert_eq!(b.state(), BreakerState::Closed, "a stale failure counted");
+    }
+
+    #[test]
+    fn a_cooldown_near_the_largest_duration_does_not_panic() {
+        let b = Breaker::new(1, Duration::MAX);
+        fail(&b, 1);
+        assert!(b.admit().is_err());
+        assert!(b.admit_at(after_cooldown()).is_err());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! the way a reverse proxy would classify them.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::error::Error as _;
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -14,8 +16,8 @@ use opentelemetry::trace::Status;
 use opentelemetry::{KeyValue, Value, global};
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_semantic_conventions::attribute::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, SERVER_ADDRESS, SERVER_PORT,
-    URL_FULL, URL_TEMPLATE,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_RESEND_COUNT, HTTP_RESPONSE_STATUS_CODE,
+    SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_TEMPLATE,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
@@ -95,6 +97,23 @@ impl UpstreamError {
         }
     }
 
+    /// Whether this failure says service-a is unwell, as a proxy's outlier
+    /// detection counts: a transport failure, a timeout, a 5xx, an invalid
+    /// answer. A 4xx is the caller's doing (a msg over service-a's own
+    /// limit, say): counting it would let one client open the breaker for
+    /// everyone.
+    pub fn counts_against_upstream(&self) -> bool {
+        match self.kind {
+            ErrorKind::UpstreamStatus => self.status.is_none_or(|s| s >= 500),
+            ErrorKind::Timeout
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionFailed
+            | ErrorKind::InvalidResponse => true,
+            // Refused by service-b itself: no call was made.
+            ErrorKind::Overloaded | ErrorKind::CircuitOpen => false,
+        }
+    }
+
     /// The `http_status` of the degraded body: what a reverse proxy in
     /// service-b's place would have answered.
     pub fn http_status(&self) -> u16 {
@@ -151,6 +170,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .user_agent(concat!("service-b/", env!("CARGO_PKG_VERSION")))
+            .connector_layer(MarkNewConnections)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let echo_url = echo_url(base);
@@ -193,48 +213,103 @@ impl Upstream {
     }
 
     /// Calls `GET /echo?msg=...` and returns service-a's JSON body, checked.
-    /// Each call is a CLIENT span (child of the current span, its context
-    /// sent as `traceparent`) and a `http.client.request.duration` sample.
+    /// Each attempt is a CLIENT span (child of the current span, its context
+    /// sent as `traceparent`); the call is one `http.client.request.duration`
+    /// sample.
     pub async fn echo(&self, msg: &str) -> Result<Bytes, UpstreamError> {
         let mut url = self.echo_url.clone();
         // Form encoding, as service-a decodes it; never string concatenation.
         url.query_pairs_mut().append_pair("msg", msg);
 
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.deadline;
+        let result = match self.attempt(&url, 0, deadline).await {
+            // service-a closed a kept-alive connection just as the request
+            // went out on it (it was restarting, or its idle timer fired).
+            // A GET can safely go again, once, on another connection. Never
+            // after a fresh connection closed: service-a may have crashed on
+            // this very request.
+            Attempt::Resend(_) => {
+                tracing::debug!(
+                    trace_id = current_trace_id().as_deref().unwrap_or("-"),
+                    "service-a closed a kept-alive connection before answering; sending again"
+                );
+                self.attempt(&url, 1, deadline).await.into_result()
+            }
+            done => done.into_result(),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let mut attributes = self.peer.to_vec();
+        if let Some(status) = status_of(&result) {
+            attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+        }
+        if let Err(e) = &result {
+            attributes.push(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
+        }
+        self.duration.record(elapsed, &attributes);
+        result.map(|(_, body)| body)
+    }
+
+    /// One request to service-a, as its own CLIENT span; the second one
+    /// carries `http.request.resend_count`.
+    async fn attempt(
+        &self,
+        url: &Url,
+        resend_count: i64,
+        deadline: tokio::time::Instant,
+    ) -> Attempt {
         let span = tracing::info_span!("upstream", otel.name = "GET /echo", otel.kind = "client");
         for kv in &self.peer {
             span.set_attribute(kv.key.clone(), kv.value.clone());
         }
         span.set_attribute(URL_FULL, self.url_for_spans.clone());
         span.set_attribute(URL_TEMPLATE, "/echo");
+        if resend_count > 0 {
+            span.set_attribute(HTTP_REQUEST_RESEND_COUNT, resend_count);
+        }
         let mut headers = HeaderMap::new();
         global::get_text_map_propagator(|p| {
             p.inject_context(&span.context(), &mut HeaderInjector(&mut headers));
         });
 
-        let started = Instant::now();
-        let call = tokio::time::timeout(self.deadline, self.fetch(url, headers));
-        let result = match call.instrument(span.clone()).await {
-            Ok(result) => result,
-            Err(_) => Err(self.timed_out()),
+        let fetch = NEW_CONNECTION.scope(Cell::new(false), async {
+            let result = self.fetch(url.clone(), headers).await;
+            (result, NEW_CONNECTION.with(Cell::get))
+        });
+        let attempt = match tokio::time::timeout_at(deadline, fetch)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((Ok(answer), _)) => Attempt::Done(Ok(answer)),
+            Ok((
+                Err(Failed {
+                    error,
+                    closed_unanswered,
+                }),
+                new_connection,
+            )) => {
+                if closed_unanswered && !new_connection && resend_count == 0 {
+                    Attempt::Resend(error)
+                } else {
+                    Attempt::Done(Err(error))
+                }
+            }
+            Err(_) => Attempt::Done(Err(self.timed_out())),
         };
-        let elapsed = started.elapsed().as_secs_f64();
 
-        let mut attributes = self.peer.to_vec();
-        let status = match &result {
-            Ok((status, _)) => Some(*status),
-            Err(e) => e.status,
+        let (status, failure) = match attempt.as_result() {
+            Ok((status, _)) => (Some(*status), None),
+            Err(e) => (e.status, Some(e)),
         };
         if let Some(status) = status {
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(status));
-            attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
         }
-        if let Err(e) = &result {
+        if let Some(e) = failure {
             span.set_attribute(ERROR_TYPE, e.kind.as_str());
             span.set_status(Status::error(e.detail.clone()));
-            attributes.push(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
         }
-        self.duration.record(elapsed, &attributes);
-        result.map(|(_, body)| body)
+        attempt
     }
 
     fn timed_out(&self) -> UpstreamError {
@@ -247,22 +322,15 @@ impl Upstream {
         )
     }
 
-    async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), UpstreamError> {
-        let first = self.client.get(url.clone()).headers(headers.clone()).send();
-        let mut response = match first.await {
+    async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), Failed> {
+        let mut response = match self.client.get(url).headers(headers).send().await {
             Ok(response) => response,
-            // service-a closed a kept-alive connection just as the request
-            // went out on it (it was restarting, or its idle timer fired).
-            // A GET can safely go again, once, on another connection.
-            Err(e) if closed_before_answer(&e) => {
-                tracing::debug!(
-                    trace_id = current_trace_id().as_deref().unwrap_or("-"),
-                    "service-a closed the connection before answering; retrying once"
-                );
-                let again = self.client.get(url).headers(headers).send();
-                again.await.map_err(|e| self.classify(&e))?
+            Err(e) => {
+                return Err(Failed {
+                    error: self.classify(&e),
+                    closed_unanswered: closed_before_answer(&e),
+                });
             }
-            Err(e) => return Err(self.classify(&e)),
         };
         let status = response.status().as_u16();
         let content_type = response
@@ -272,8 +340,12 @@ impl Upstream {
             .map(str::to_owned);
         let content_type = content_type.as_deref();
         if !(200..300).contains(&status) || !is_json(content_type.unwrap_or("")) {
-            // Judged without reading a body that cannot be the answer.
-            judge(status, content_type, b"")?;
+            // Judged without the body, which cannot be the answer; a small
+            // one is still read, so the connection can serve the next call.
+            if let Err(e) = judge(status, content_type, b"") {
+                drain(response).await;
+                return Err(e.into());
+            }
         }
         let too_large = |detail: String| UpstreamError {
             status: Some(status),
@@ -286,7 +358,8 @@ impl Upstream {
             return Err(too_large(format!(
                 "service-a's body is {len} bytes; the limit is {}",
                 self.max_body
-            )));
+            ))
+            .into());
         }
         let mut body = BytesMut::with_capacity(response.content_length().unwrap_or(256) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e))? {
@@ -294,7 +367,8 @@ impl Upstream {
                 return Err(too_large(format!(
                     "service-a's body is over the {}-byte limit",
                     self.max_body
-                )));
+                ))
+                .into());
             }
             body.extend_from_slice(&chunk);
         }
@@ -330,6 +404,122 @@ impl Upstream {
             ErrorKind::ConnectionFailed,
             format!("calling service-a failed: {}", chain(e)),
         )
+    }
+}
+
+/// Error bodies up to this size are read (and dropped), so that the
+/// connection goes back to the pool; a larger one closes it.
+const DRAIN_MAX: usize = 16 * 1024;
+/// ...and only if the body arrives this fast: a degraded answer never waits
+/// long for a slow error body.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+
+/// Reads a small error body to its end, so hyper can reuse the connection.
+async fn drain(mut response: reqwest::Response) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > DRAIN_MAX as u64)
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            read += chunk.len();
+            if read > DRAIN_MAX {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+tokio::task_local! {
+    /// Set when the attempt in progress opened a new connection to
+    /// service-a (rather than reusing a kept-alive one).
+    static NEW_CONNECTION: Cell<bool>;
+}
+
+/// A connector layer that marks the attempt in progress as one that opened
+/// a new connection. hyper's pool asks the connector only when it has no
+/// idle connection to hand out, and does so in the requesting task.
+#[derive(Debug, Clone, Copy)]
+struct MarkNewConnections;
+
+impl<S> tower_layer::Layer<S> for MarkNewConnections {
+    type Service = MarkNew<S>;
+
+    fn layer(&self, inner: S) -> MarkNew<S> {
+        MarkNew(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct MarkNew<S>(S);
+
+impl<S: tower_service::Service<R>, R> tower_service::Service<R> for MarkNew<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, target: R) -> S::Future {
+        // Outside an attempt (a connection opened in the background for the
+        // pool) there is nothing to mark.
+        let _ = NEW_CONNECTION.try_with(|marked| marked.set(true));
+        self.0.call(target)
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Attempt {
+    /// With an answer, good or not.
+    Done(Result<(u16, Bytes), UpstreamError>),
+    /// A kept-alive connection closed before any answer: may be sent again.
+    Resend(UpstreamError),
+}
+
+impl Attempt {
+    fn as_result(&self) -> Result<&(u16, Bytes), &UpstreamError> {
+        match self {
+            Self::Done(result) => result.as_ref(),
+            Self::Resend(e) => Err(e),
+        }
+    }
+
+    fn into_result(self) -> Result<(u16, Bytes), UpstreamError> {
+        match self {
+            Self::Done(result) => result,
+            Self::Resend(e) => Err(e),
+        }
+    }
+}
+
+/// A failed exchange, and whether the connection closed before any answer.
+#[derive(Debug)]
+struct Failed {
+    error: UpstreamError,
+    closed_unanswered: bool,
+}
+
+impl From<UpstreamError> for Failed {
+    fn from(error: UpstreamError) -> Self {
+        Self {
+            error,
+            closed_unanswered: false,
+        }
+    }
+}
+
+/// service-a's status, if it sent one.
+fn status_of<T>(result: &Result<(u16, T), UpstreamError>) -> Option<u16> {
+    match result {
+        Ok((status, _)) => Some(*status),
+        Err(e) => e.status,
     }
 }
 
@@ -394,7 +584,10 @@ fn check_echo_reply(body: &[u8]) -> Result<(), String> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err("not a JSON object".to_owned());
     }
-    serde_json::from_slice::<EchoReply<'_>>(body)
+    // All of it: serde_json does not check the UTF-8 of strings it skips,
+    // and the body is passed on as JSON text.
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str::<EchoReply<'_>>(text)
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -530,5 +723,14 @@ mod tests {
         assert!(ok(r#" {"echo":""} "#));
         assert!(!ok(r#"{"echo":"x"} trailing"#));
         assert!(!ok(""));
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_anywhere_is_invalid() {
+        let mut body = br#"{"echo":"x","skipped":""#.to_vec();
+        body.push(0xFF);
+        body.extend_from_slice(br#""}"#);
+        let e = judge(200, Some("application/json"), &body).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidResponse);
     }
 }

@@ -36,7 +36,9 @@ async fn past_the_in_flight_bound_answers_are_overloaded_at_once() {
     let hang = FakeUpstream::start(Behaviour::Hang).await;
     let b = ProcBuilder::new("service-b")
         .env("SERVICE_A_URL", hang.url())
-        .env("SERVICE_B_UPSTREAM_TIMEOUT", "500ms")
+        // Long enough that all 200 have arrived before the first slot
+        // frees, even on a loaded machine.
+        .env("SERVICE_B_UPSTREAM_TIMEOUT", "3s")
         .env("SERVICE_B_MAX_IN_FLIGHT", "50")
         .env("SERVICE_B_BREAKER_FAILURES", "0")
         .spawn()
@@ -179,8 +181,14 @@ async fn a_failed_probe_opens_the_breaker_again() {
     call().await;
     call().await;
     assert_eq!(call().await.json["error"], "circuit_open");
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(call().await.json["error"], "upstream_status", "the probe");
+    // Refused at once until the cool-down ends; the first call after it is
+    // the probe (and the only one to reach service-a).
+    let probe = eventually("the cool-down to end", Duration::from_secs(5), || async {
+        let r = call().await;
+        (r.json["error"] != "circuit_open").then_some(r)
+    })
+    .await;
+    assert_eq!(probe.json["error"], "upstream_status", "the probe");
     assert_eq!(call().await.json["error"], "circuit_open", "open again");
     assert_eq!(fake.requests().len(), 3);
 }
@@ -301,9 +309,12 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
         a.addr,
         b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A negative, so bounded in time: no answer within 300 ms.
+    let mut third = std::pin::pin!(third);
     assert!(
-        !third.is_finished(),
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
         "a third connection was served while two were open"
     );
     drop(first);

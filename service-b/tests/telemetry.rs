@@ -183,6 +183,73 @@ async fn every_degradation_kind_is_tagged_on_both_spans_and_its_trace_id_is_in_t
 }
 
 #[tokio::test]
+async fn a_resend_is_a_second_client_span_with_its_resend_count() {
+    let rx = OtlpReceiver::start().await;
+    // The first connection answers once, then closes under the next
+    // request without answering; the second connection answers.
+    let fake = FakeUpstream::start(Behaviour::restarting()).await;
+    let b = exporting("service-b", &rx)
+        .env("SERVICE_A_URL", fake.url())
+        .spawn()
+        .await;
+    assert_eq!(
+        Client::new().get(&b.url("/call-echo?msg=x")).await.status,
+        200
+    );
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let reply = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(b.url("/call-echo?msg=x"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+
+    let spans = trace(&rx, trace_id, 3).await;
+    let server = find(&spans, "service-b", SPAN_KIND_SERVER);
+    let clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .collect();
+    assert_eq!(clients.len(), 2, "{spans:#?}");
+    let (first, resend) = match clients[0].attr("http.request.resend_count") {
+        None => (clients[0], clients[1]),
+        Some(_) => (clients[1], clients[0]),
+    };
+    for span in [first, resend] {
+        assert_eq!(span.parent_span_id, server.span_id, "{span:#?}");
+    }
+    assert_eq!(
+        first.attr("error.type").as_deref(),
+        Some("connection_failed")
+    );
+    assert_eq!(first.status_code, STATUS_ERROR);
+    assert_eq!(
+        resend.attr("http.request.resend_count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        resend.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(resend.attr("error.type"), None);
+    // Each attempt sent its own span as the parent to service-a.
+    let sent: Vec<String> = fake
+        .requests()
+        .iter()
+        .skip(1)
+        .map(|r| r.header("traceparent").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        [first, resend].map(|s| format!("00-{trace_id}-{}-01", s.span_id))
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_what_was_served() {
     let rx = OtlpReceiver::start().await;
     let (mut a, b) = pair(&rx).await;
@@ -390,6 +457,17 @@ async fn telemetry_can_be_turned_off() {
     assert!(r.json.get("trace_id").is_none(), "{}", r.text);
     assert!(off.logs().contains("telemetry off"), "{}", off.logs());
 
+    // Metrics off, traces on.
+    let traces_only = exporting("service-b", &rx)
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_SERVICE_NAME", "traces-only")
+        .env("SERVICE_A_URL", &dead)
+        .spawn()
+        .await;
+    Client::new()
+        .get(&traces_only.url("/call-echo?msg=x"))
+        .await;
+
     // Traces off, metrics on.
     let metrics_only = exporting("service-b", &rx)
         .env("OTEL_TRACES_EXPORTER", "none")
@@ -405,7 +483,34 @@ async fn telemetry_can_be_turned_off() {
         async move { p }
     })
     .await;
-    assert!(rx.spans().is_empty(), "{:#?}", rx.spans());
+    eventually("spans from traces-only", WAIT, || {
+        let seen = rx.spans().iter().any(|s| s.service() == "traces-only");
+        async move { seen.then_some(()) }
+    })
+    .await;
+    // Stopped, each flushes what it has: whatever the first two would ever
+    // send has been sent by the time they have exited.
+    for mut proc in [off, traces_only, metrics_only] {
+        proc.signal(Sig::SIGTERM);
+        proc.wait_exit(WAIT).await;
+    }
+    let spans_from = |name: &str| rx.spans().iter().filter(|s| s.service() == name).count();
+    let points_from = |name: &str| rx.points().iter().filter(|p| p.service() == name).count();
+    assert_eq!(
+        (spans_from("service-b"), points_from("service-b")),
+        (0, 0),
+        "sent with OTEL_SDK_DISABLED=true"
+    );
+    assert_eq!(
+        points_from("traces-only"),
+        0,
+        "metrics sent with OTEL_METRICS_EXPORTER=none"
+    );
+    assert_eq!(
+        spans_from("metrics-only"),
+        0,
+        "spans sent with OTEL_TRACES_EXPORTER=none"
+    );
 
     // An exporter this build does not have is a bad setting: exit 2.
     let bad = ProcBuilder::new("service-b")

@@ -2,6 +2,7 @@
 //! misbehave on purpose, speaking raw bytes so they can break HTTP too.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub enum Behaviour {
     Sequence(Vec<Behaviour>),
     /// Waits, then behaves as told.
     Delayed(Duration, Box<Behaviour>),
+    /// Keeps the connection alive: answers each request on it with the next
+    /// of these responses; once they are used up, reads one more request and
+    /// closes without answering (a server that restarted, or crashed on it).
+    KeepAlive(Vec<Bytes>),
 }
 
 impl Behaviour {
@@ -56,6 +61,26 @@ impl Behaviour {
             "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         )))
+    }
+
+    /// A complete response with a JSON content type that keeps the
+    /// connection open, for [`Behaviour::KeepAlive`].
+    pub fn kept_alive(status: u16, body: &str) -> Bytes {
+        Bytes::from(format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// A service-a that restarts under a kept-alive connection: the first
+    /// connection answers `{"echo":"x"}` once, then closes under the next
+    /// request without answering; every later connection answers.
+    pub fn restarting() -> Self {
+        let good = Self::kept_alive(200, r#"{"echo":"x"}"#);
+        Self::Sequence(vec![
+            Self::KeepAlive(vec![good.clone()]),
+            Self::KeepAlive(vec![good; 100]),
+        ])
     }
 
     /// Headers of a `200` JSON response with a chunked body, for `Trickle`/`Flood`.
@@ -102,6 +127,7 @@ pub struct FakeUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -116,6 +142,8 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             let mut n = 0;
@@ -125,12 +153,14 @@ impl FakeUpstream {
                     other => other.clone(),
                 };
                 n += 1;
+                accepted.fetch_add(1, Ordering::SeqCst);
                 connections.spawn(serve(stream, this, log.clone()));
             }
         });
         Self {
             addr,
             requests,
+            connections,
             task,
         }
     }
@@ -138,6 +168,11 @@ impl FakeUpstream {
     /// `http://ADDR`, for `--service-a-url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Every request received so far.
@@ -153,10 +188,39 @@ impl Drop for FakeUpstream {
 }
 
 async fn serve(mut stream: TcpStream, behaviour: Behaviour, log: Arc<Mutex<Vec<Recorded>>>) {
+    let record = |head| log.lock().unwrap().push(Recorded { head });
+    if let Behaviour::KeepAlive(responses) = behaviour {
+        for response in responses {
+            let Some(head) = read_head(&mut stream).await else {
+                return;
+            };
+            record(head);
+            // The head first, the body a moment later, as a real server's
+            // answer may arrive: a client that stops reading at the head
+            // cannot reuse the connection.
+            let split = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(response.len(), |i| i + 4);
+            if stream.write_all(&response[..split]).await.is_err() {
+                return;
+            }
+            if split < response.len() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if stream.write_all(&response[split..]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(head) = read_head(&mut stream).await {
+            record(head);
+        }
+        return;
+    }
     let Some(head) = read_head(&mut stream).await else {
         return;
     };
-    log.lock().unwrap().push(Recorded { head });
+    record(head);
     let _ = act(&mut stream, behaviour).await;
 }
 
@@ -188,6 +252,7 @@ async fn act(stream: &mut TcpStream, behaviour: Behaviour) -> std::io::Result<()
         }
         Behaviour::Reset => stream.set_zero_linger()?,
         Behaviour::Sequence(_) => unreachable!("resolved per connection"),
+        Behaviour::KeepAlive(_) => unreachable!("served in `serve`"),
         Behaviour::Delayed(delay, then) => {
             tokio::time::sleep(delay).await;
             Box::pin(act(stream, *then)).await?;
