@@ -287,3 +287,36 @@ async fn a_client_cannot_open_the_breaker_with_4xx_answers_it_causes() {
     let r = get(&app, "/call-echo?msg=short").await;
     assert_eq!(r.status, 200, "the breaker opened for everyone: {}", r.text);
 }
+
+#[tokio::test]
+async fn each_fault_service_a_injects_is_the_kind_the_readme_promises() {
+    use service_a::fault::{Fault, Faults};
+    let deadline = Duration::from_millis(300);
+    for (spec, expected) in [
+        ("off", None),
+        ("delay=50ms", None),
+        ("delay=600ms", Some(("timeout", 504))),
+        ("hang", Some(("timeout", 504))),
+        ("status=500", Some(("upstream_status", 500))),
+        ("status=429", Some(("upstream_status", 429))),
+        ("garbage", Some(("invalid_response", 502))),
+        ("reset", Some(("connection_failed", 502))),
+    ] {
+        let fault: Fault = spec.parse().unwrap();
+        let faults = std::sync::Arc::new(Faults::with(None, fault));
+        let a = testkit::serve_in_process(service_kit::service::<service_a::ServiceA>(
+            service_a::router_with_faults(LIMIT, faults),
+        ))
+        .await;
+        let app = service_b(a, deadline);
+        match expected {
+            None => {
+                let r = get(&app, "/call-echo?msg=hi").await;
+                assert_eq!(r.status, 200, "{spec}: {}", r.text);
+            }
+            Some((kind, status)) => {
+                degraded(&app, kind, status).await;
+            }
+        }
+    }
+}
