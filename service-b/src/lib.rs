@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::Counter;
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{KeyValue, global};
 use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use salvo::http::StatusCode;
@@ -23,8 +24,8 @@ use service_kit::error::{ApiError, write_json, write_json_value};
 use service_kit::health::Health;
 use service_kit::observe::Degraded;
 use service_kit::query::msg_from_query;
-use service_kit::telemetry::current_trace_id;
 use service_kit::{App, Daemon};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -213,6 +214,8 @@ struct DegradedBody<'a> {
     http_status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_sampled: Option<bool>,
     message: &'a str,
 }
 
@@ -294,12 +297,27 @@ fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
         kind: e.kind.as_str(),
         upstream_status: http_status,
     });
+    // The request's SERVER span: the event says why on the span itself.
+    let span = tracing::Span::current();
+    span.add_event(
+        "degraded",
+        vec![
+            KeyValue::new(ERROR_TYPE, e.kind.as_str()),
+            KeyValue::new("service_b.upstream_status", i64::from(http_status)),
+            KeyValue::new("message", e.detail.clone()),
+        ],
+    );
+    let trace = span.context();
+    let trace = trace.span().span_context().clone();
     let body = DegradedBody {
         service_b: "ok",
         service_a: "unavailable",
         error: e.kind.as_str(),
         http_status,
-        trace_id: current_trace_id(),
+        trace_id: trace.is_valid().then(|| trace.trace_id().to_string()),
+        // With head sampling below 100 %, a trace id may name a trace that
+        // was never exported: say which.
+        trace_sampled: trace.is_valid().then(|| trace.is_sampled()),
         message: &e.detail,
     };
     write_json_value(res, StatusCode::SERVICE_UNAVAILABLE, &body);

@@ -169,6 +169,19 @@ async fn every_degradation_kind_is_tagged_on_both_spans_and_its_trace_id_is_in_t
             assert_eq!(span.status_code, STATUS_ERROR, "{span:#?}");
         }
         assert_eq!(server.attr("service_b.degraded").as_deref(), Some("true"));
+        assert_eq!(r.json["trace_sampled"], true, "{}", r.text);
+        // The server span's event says why, in the body's words.
+        let (name, event) = server
+            .events
+            .iter()
+            .find(|(name, _)| name == "degraded")
+            .unwrap_or_else(|| panic!("no degraded event on {server:#?}"));
+        assert_eq!(name, "degraded");
+        assert_eq!(event["error.type"].as_string(), kind);
+        assert_eq!(
+            event["message"].as_string(),
+            r.json["message"].as_str().unwrap()
+        );
         assert_eq!(
             server.attr("http.response.status_code").as_deref(),
             Some("503")
@@ -246,6 +259,29 @@ async fn a_resend_is_a_second_client_span_with_its_resend_count() {
     assert_eq!(
         sent,
         [first, resend].map(|s| format!("00-{trace_id}-{}-01", s.span_id))
+    );
+}
+
+#[tokio::test]
+async fn a_degraded_body_says_whether_its_trace_was_sampled() {
+    let rx = OtlpReceiver::start().await;
+    let dead = format!("http://{}", unused_addr());
+    let b = exporting("service-b", &rx)
+        .env("SERVICE_A_URL", &dead)
+        .env("OTEL_TRACES_SAMPLER", "traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "0")
+        .spawn()
+        .await;
+    let r = Client::new().get(&b.url("/call-echo?msg=x")).await;
+    assert_eq!(r.json["error"], "connection_refused", "{}", r.text);
+    assert_eq!(r.json["trace_sampled"], false, "{}", r.text);
+    let trace_id = r.json["trace_id"].as_str().unwrap().to_owned();
+    let mut b = b;
+    b.signal(Sig::SIGTERM);
+    b.wait_exit(WAIT).await;
+    assert!(
+        rx.spans().iter().all(|s| s.trace_id != trace_id),
+        "an unsampled trace was exported"
     );
 }
 

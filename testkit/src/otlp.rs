@@ -63,6 +63,8 @@ pub struct Span {
     pub status_code: i32,
     /// The span's attributes.
     pub attrs: Attrs,
+    /// Its events: name and attributes, in order.
+    pub events: Vec<(String, Attrs)>,
 }
 
 impl Span {
@@ -274,6 +276,11 @@ fn flatten_spans(req: ExportTraceServiceRequest) -> Vec<Span> {
                     kind: s.kind,
                     status_code: s.status.map_or(0, |st| st.code),
                     attrs: attrs(&s.attributes),
+                    events: s
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), attrs(&e.attributes)))
+                        .collect(),
                 });
             }
         }
