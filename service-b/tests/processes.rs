@@ -243,3 +243,57 @@ async fn every_degraded_answer_is_logged_at_warn_with_its_kind_and_status() {
         assert!(line.contains(needle), "{needle:?} not in {line:?}");
     }
 }
+
+/// `bench/traffic.py` against service-b, its summary as JSON.
+async fn traffic(b: &Proc, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/traffic.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--url", &b.url(""), "--json"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn count(summary: &serde_json::Value, kind: &str) -> u64 {
+    summary["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] == kind)
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_fault_file_makes_service_a_fail_a_share_of_requests_and_traffic_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault_file = dir.path().join("fault");
+    std::fs::write(&fault_file, "status=500 ratio=0.5\n").unwrap();
+    let a = ProcBuilder::new("service-a")
+        .env("SERVICE_A_FAULT_FILE", fault_file.to_str().unwrap())
+        .spawn()
+        .await;
+    assert_eq!(
+        Client::new().get(&a.url("/health")).await.json["fault"],
+        "status=500 ratio=0.5"
+    );
+    let b = ProcBuilder::new("service-b")
+        .env("SERVICE_A_URL", a.url(""))
+        .env("SERVICE_B_BREAKER_FAILURES", "0")
+        .spawn()
+        .await;
+    let summary = traffic(&b, &["--rate", "200", "--duration", "2s"]).await;
+    assert_eq!(summary["answered"], 400, "{summary}");
+    let (ok, failed) = (count(&summary, "ok"), count(&summary, "upstream_status"));
+    assert_eq!(ok + failed, 400, "{summary}");
+    // Binomial, n = 400, p = 0.5: ±60 is more than six standard deviations.
+    assert!((140..=260).contains(&failed), "{summary}");
+}
