@@ -154,6 +154,46 @@ async fn a_bad_setting_is_one_line_naming_flag_and_variable_and_exit_2() {
     }
 }
 
+/// A duration past the bound would overflow `Instant + d` when it is used
+/// (a panic at the first breaker trip or shutdown): refused at start, by
+/// `--check-config` too, with the range in the message.
+#[tokio::test]
+async fn an_absurd_duration_is_refused_at_start_naming_the_range() {
+    let mut cases = Vec::new();
+    for (name, prefix) in DAEMONS {
+        for flag in ["shutdown-timeout", "header-timeout", "idle-timeout"] {
+            let env = format!("{prefix}_{}", flag.to_uppercase().replace('-', "_"));
+            cases.push((name, format!("--{flag}"), env));
+        }
+    }
+    for flag in ["upstream-timeout", "breaker-cooldown"] {
+        let env = format!("SERVICE_B_{}", flag.to_uppercase().replace('-', "_"));
+        cases.push(("service-b", format!("--{flag}"), env));
+    }
+    for (name, flag, env) in &cases {
+        for check in [false, true] {
+            let mut builder = ProcBuilder::new(name).args([flag.as_str(), "500000000y"]);
+            if check {
+                builder = builder.arg("--check-config");
+            }
+            let out = builder.run_to_exit(EXIT_WITHIN).await;
+            let case = format!("{name} {flag} 500000000y (check-config: {check})");
+            assert_one_line_error(&out, 2, &[flag, env, "500000000y", "at most 24h"], &case);
+        }
+        let by_env = ProcBuilder::new(name)
+            .env(env, "25h")
+            .arg("--check-config")
+            .run_to_exit(EXIT_WITHIN)
+            .await;
+        assert_one_line_error(
+            &by_env,
+            2,
+            &[flag, env, "at most 24h"],
+            &format!("{env}=25h"),
+        );
+    }
+}
+
 #[tokio::test]
 async fn service_b_checks_its_own_settings() {
     let cases = [
