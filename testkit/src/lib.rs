@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub use client::{Client, Reply, get_in_process, request_in_process};
 pub use fake::{Behaviour, FakeUpstream, Recorded};
 pub use otlp::{Attr, OtlpReceiver, Point, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span};
-pub use process::{Exited, Proc, ProcBuilder, Sig};
+pub use process::{Exited, NotifyForm, Proc, ProcBuilder, Sig};
 pub use prom::{MetricsBackend, Sample, tools_dir};
 
 /// Path of one of the workspace's binaries, next to the test executable.
