@@ -326,3 +326,40 @@ async fn the_shipped_settings_files_show_every_setting_with_its_default() {
         }
     }
 }
+
+/// journald drops a unit's lines past its rate limit (10 000 per 30 s), so
+/// under the journal the requests that went well have no access line by
+/// default, and the degraded and failed ones, which the contract promises
+/// in the log, are not crowded out. `RUST_LOG=info` brings every line back.
+#[tokio::test]
+async fn under_the_journal_only_degraded_and_failed_requests_have_access_lines() {
+    let upstream = format!("http://{}", testkit::unused_addr());
+    for (rust_log, every_line) in [(None, false), (Some("info"), true)] {
+        let mut builder = ProcBuilder::new("service-b")
+            .env_remove("RUST_LOG")
+            .stderr_as_journal()
+            .args(["--service-a-url", &upstream]);
+        if let Some(filter) = rust_log {
+            builder = builder.env("RUST_LOG", filter);
+        }
+        let proc = builder.spawn().await;
+        let client = testkit::Client::new();
+        assert_eq!(client.get(&proc.url("/health")).await.status, 200);
+        assert_eq!(client.get(&proc.url("/nowhere")).await.status, 404);
+        assert_eq!(client.get(&proc.url("/call-echo?msg=x")).await.status, 503);
+        // Access lines are written in order, each before its answer is sent.
+        proc.wait_for_log(
+            "GET /call-echo 503 degraded: connection_refused",
+            EXIT_WITHIN,
+        )
+        .await;
+        let logs = proc.logs();
+        for line in ["GET /health 200", "GET (none) 404"] {
+            assert_eq!(
+                logs.contains(line),
+                every_line,
+                "RUST_LOG={rust_log:?}: {line:?} in\n{logs}"
+            );
+        }
+    }
+}
