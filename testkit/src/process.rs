@@ -58,12 +58,18 @@ impl ProcBuilder {
     /// daemons must behave exactly as the contract says. Tests that check
     /// telemetry point `OTEL_EXPORTER_OTLP_ENDPOINT` at a receiver instead.
     pub fn new(name: &str) -> Self {
+        Self::at(crate::bin(name))
+    }
+
+    /// As [`ProcBuilder::new`], for the binary at `bin`
+    /// (`env!("CARGO_BIN_EXE_service-a")`).
+    pub fn at(bin: impl Into<PathBuf>) -> Self {
         let collector = match std::env::var("TESTKIT_OTLP").as_deref() {
             Ok("blackhole") => crate::black_hole(),
             _ => crate::unused_addr(),
         };
         Self {
-            bin: crate::bin(name),
+            bin: bin.into(),
             args: Vec::new(),
             envs: vec![
                 ("RUST_LOG".into(), "info".into()),
