@@ -22,9 +22,12 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+# fuzz/ is a workspace of its own (it builds with sanitizers): checked by name.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
 step "fetch Prometheus, promtool, vmagent and docker-compose from Debian trixie"
 LAB_TOOLS=$(.ci/fetch-trixie-tools)

@@ -179,12 +179,18 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_owned())
 }
 
-/// Parses `250ms`, `1s`, `1m30s`...; zero is refused.
+/// Longest duration any setting accepts. Every duration of both daemons is
+/// a timeout or a cooldown measured in seconds; far past a day a value is a
+/// typo, and `Instant + d` overflows (a panic) long before `u64` seconds do.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses `250ms`, `1s`, `1m30s`...; zero and more than [`MAX_DURATION`]
+/// are refused, so no later `Instant + d` can overflow.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|_| "expected a duration such as 250ms, 2s or 1m".to_owned())?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_owned());
+    if d.is_zero() || d > MAX_DURATION {
+        return Err("must be greater than zero and at most 24h".to_owned());
     }
     Ok(d)
 }
@@ -291,6 +297,9 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10").is_err(), "a unit is required");
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert!(parse_duration("24h 1ns").is_err());
+        assert!(parse_duration("500000000y").is_err());
         assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
     }
 

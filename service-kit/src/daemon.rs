@@ -13,6 +13,7 @@ use crate::listener::{self, Origin};
 use crate::observe::Observe;
 use crate::signals::Shutdown;
 use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
+use crate::watchdog::Watchdog;
 use crate::{logging, notify};
 
 /// What a daemon tells the shared lifecycle about itself.
@@ -181,12 +182,21 @@ async fn run<D: Daemon>(
         otel.summary()
     );
     tracing::info!(version = D::VERSION, "{status}");
+    // Decided, and said, before READY=1: a reader of the log knows whether
+    // keep-alives are coming.
+    let watchdog = match Watchdog::from_env() {
+        Ok(watchdog) => watchdog,
+        Err(warning) => {
+            tracing::warn!("{warning}");
+            None
+        }
+    };
+    if let Some(watchdog) = &watchdog {
+        tracing::info!("{}", watchdog.describe());
+    }
     notify::ready(&status);
-    if let Some(every) = notify::spawn_watchdog() {
-        tracing::info!(
-            "systemd watchdog on: keep-alive every {}",
-            show_duration(every / 2)
-        );
+    if let Some(watchdog) = watchdog {
+        watchdog.spawn(addr, status);
     }
 
     let signal = tokio::select! {

@@ -5,7 +5,8 @@
 //! ([`cli`]), decoding `msg` ([`query`]), the JSON error bodies ([`error`]),
 //! the server span, metrics, access log and common headers ([`observe`]),
 //! OpenTelemetry export ([`telemetry`]), the listening socket
-//! ([`listener`]), the systemd protocol ([`notify`]), signals ([`signals`])
+//! ([`listener`]), the systemd protocol ([`notify`]) and watchdog
+//! ([`watchdog`]), signals ([`signals`])
 //! and the lifecycle that ties them together ([`daemon`]).
 
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod observe;
 pub mod query;
 pub mod signals;
 pub mod telemetry;
+pub mod watchdog;
 
 pub use daemon::{App, Daemon, service};

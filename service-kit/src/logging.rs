@@ -1,8 +1,16 @@
 //! Log output. Under systemd, when stderr is the journal (`JOURNAL_STREAM`
 //! names our stderr), events go to journald natively with their fields
 //! (`KIND`, `STATUS`, `TRACE_ID`...), so `journalctl -u service-b KIND=timeout`
-//! works; otherwise they are text lines on stderr. `RUST_LOG` filters both
-//! (default `info`).
+//! works; otherwise they are text lines on stderr. `RUST_LOG` filters both.
+//!
+//! The default filter depends on where lines go. On a terminal or a file it
+//! is `info`: every request's access line. Under the journal it is
+//! [`JOURNAL_DEFAULT`], which leaves out the access lines of requests that
+//! went well (INFO): journald drops a unit's messages past its rate limit
+//! (10 000 per 30 s by default), and at service-b's request rates the
+//! successful lines would use it up and the WARN and ERROR lines that matter
+//! (degraded answers, 5xx) would be the ones lost. `RUST_LOG=info` asks for
+//! every line anyway.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -34,15 +42,17 @@ pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// each extra layer carries its own filter.
 /// Returns a warning to log once logging works (a bad `RUST_LOG`, say).
 pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
+    let journal = stderr_is_journal();
+    let default = default_filter(journal);
     let (filter, warning) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
         Err(e) if std::env::var_os("RUST_LOG").is_some() => (
-            EnvFilter::new("info"),
+            EnvFilter::new(default),
             Some(format!(
-                "RUST_LOG is not a valid filter ({e}); using \"info\""
+                "RUST_LOG is not a valid filter ({e}); using \"{default}\""
             )),
         ),
-        Err(_) => (EnvFilter::new("info"), None),
+        Err(_) => (EnvFilter::new(default), None),
     };
     // RUST_LOG filters the log output only: the other layers (the
     // OpenTelemetry bridge) choose what they see themselves, so turning logs
@@ -52,13 +62,22 @@ pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
     let hint = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let mut layers = extra;
     layers.push(
-        output()
+        output(journal)
             .with_filter(filter)
             .with_filter(output_filter(hint))
             .boxed(),
     );
     let _ = Registry::default().with(layers).try_init();
     warning
+}
+
+/// The filter when `RUST_LOG` is unset under the journal: requests that went
+/// well have no line; degraded answers (WARN) and failures (ERROR) do.
+pub const JOURNAL_DEFAULT: &str = "info,access=warn";
+
+/// The filter when `RUST_LOG` is unset.
+fn default_filter(journal: bool) -> &'static str {
+    if journal { JOURNAL_DEFAULT } else { "info" }
 }
 
 /// What the output takes besides `RUST_LOG` (whose most verbose level is
@@ -102,10 +121,8 @@ fn output_filter<S>(hint: LevelFilter) -> impl Filter<S> {
     })
 }
 
-fn output() -> BoxedLayer {
-    if stderr_is_journal()
-        && let Ok(journald) = tracing_journald::layer()
-    {
+fn output(journal: bool) -> BoxedLayer {
+    if journal && let Ok(journald) = tracing_journald::layer() {
         // No prefix: fields are KIND, STATUS, TRACE_ID, not F_KIND...
         return Box::new(journald.with_field_prefix(None));
     }

@@ -14,20 +14,27 @@ mod client;
 mod fake;
 mod otlp;
 mod process;
+pub mod program;
 mod prom;
+pub mod systemd;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use client::{Client, Reply, get_in_process, request_in_process};
 pub use fake::{Behaviour, FakeUpstream, Recorded};
 pub use otlp::{Attr, OtlpReceiver, Point, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span};
-pub use process::{Exited, Proc, ProcBuilder, Sig};
+pub use process::{Exited, NotifyForm, Proc, ProcBuilder, Sig};
 pub use prom::{MetricsBackend, Sample, tools_dir};
 
-/// Path of one of the workspace's binaries, next to the test executable.
-/// `cargo test --workspace` builds every binary before any test runs.
+/// Path of one of the workspace's binaries, next to the test executable,
+/// for a test that cannot name it with `env!("CARGO_BIN_EXE_<name>")` (that
+/// is set only in the tests of the crate that owns the binary; prefer it,
+/// through [`Daemon`]). `cargo test -p service-b` does not build
+/// service-a's binary, so a binary older than the sources it is built from
+/// is refused, by the rule cargo itself uses (modification times), rather
+/// than tested in place of the code at hand.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
@@ -37,7 +44,102 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is not built; run the tests with `cargo test --workspace`",
         path.display()
     );
+    if let Some(newer) = newer_source(&path, name) {
+        panic!(
+            "{} is older than {}: it was not built from this source. Build it \
+             (`cargo build -p {name}`) or run `cargo test --workspace`",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A source of the workspace binary `name` (its crate's and service-kit's
+/// `src/` and manifests, the workspace manifest and lock file) modified
+/// after `binary` was built, if any.
+fn newer_source(binary: &Path, name: &str) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut todo: Vec<PathBuf> = ["Cargo.toml", "Cargo.lock"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+    for krate in [name, "service-kit"] {
+        todo.push(root.join(krate).join("Cargo.toml"));
+        todo.push(root.join(krate).join("src"));
+    }
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).ok()?;
+            todo.extend(entries.flatten().map(|e| e.path()));
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// One daemon under test, for the checks both daemons share
+/// ([`program`], [`systemd`], run by [`daemon_contract_tests`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Daemon {
+    /// `service-a`.
+    pub name: &'static str,
+    /// `env!("CARGO_BIN_EXE_service-a")` in the daemon's own tests: cargo
+    /// builds that binary from the current source before they run.
+    pub bin: &'static str,
+    /// Prefix of its variables (`SERVICE_A`).
+    pub env_prefix: &'static str,
+    /// The port of its default `--listen`.
+    pub default_port: u16,
+    /// How its `--help` starts.
+    pub about: &'static str,
+}
+
+impl Daemon {
+    /// A process of this daemon, as [`ProcBuilder::new`] sets it up.
+    pub fn proc(&self) -> ProcBuilder {
+        ProcBuilder::at(self.bin)
+    }
+}
+
+/// Defines, in a daemon's integration tests, one `#[tokio::test]` per check
+/// both daemons share, each run against `$daemon` (a [`Daemon`]).
+#[macro_export]
+macro_rules! daemon_contract_tests {
+    ($daemon:expr) => {
+        $crate::daemon_contract_tests!(@each $daemon;
+            program::help_documents_every_flag_with_its_variable_and_default,
+            program::version_prints_and_exits_0,
+            program::a_bad_setting_is_one_line_naming_flag_and_variable_and_exit_2,
+            program::an_absurd_duration_is_refused_at_start_naming_the_range,
+            program::an_unknown_flag_is_one_line_and_exit_2,
+            program::a_port_in_use_is_one_line_and_exit_1,
+            program::check_config_validates_without_listening,
+            program::sigterm_and_sigint_stop_cleanly_with_status_0,
+            program::the_shipped_settings_files_show_every_setting_with_its_default,
+            systemd::ready_comes_with_a_status_a_person_can_read_and_only_once_serving,
+            systemd::stopping_is_announced_when_the_drain_starts,
+            systemd::ready_arrives_on_a_notify_socket_of_either_form,
+            systemd::watchdog_pings_at_half_the_interval_and_stop_when_the_process_is_frozen,
+            systemd::watchdog_stops_when_the_daemon_stops_accepting,
+            systemd::watchdog_values_systemd_never_sends_neither_panic_nor_spin,
+            systemd::no_watchdog_pings_unless_asked,
+            systemd::a_socket_from_systemd_is_served_instead_of_binding,
+        );
+    };
+    (@each $daemon:expr; $($module:ident :: $test:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $crate::$module::$test(&$daemon).await;
+            }
+        )*
+    };
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` saying

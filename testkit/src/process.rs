@@ -2,15 +2,18 @@
 //! ready when it sends `READY=1` to the notify socket this harness owns.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixDatagram;
+use tokio::net::unix::pipe::Receiver;
 use tokio::process::{Child, Command};
 
 use crate::eventually;
@@ -22,6 +25,18 @@ pub struct ProcBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     listen: bool,
+    notify: NotifyForm,
+    journal_stderr: bool,
+}
+
+/// Where the harness's notify socket lives, in the two forms sd_notify(3)
+/// names in `NOTIFY_SOCKET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyForm {
+    /// A socket file: `NOTIFY_SOCKET=/path/notify.sock`.
+    Path,
+    /// Linux's abstract namespace: `NOTIFY_SOCKET=@name`, no file.
+    Abstract,
 }
 
 /// What a process printed and how it ended.
@@ -43,12 +58,18 @@ impl ProcBuilder {
     /// daemons must behave exactly as the contract says. Tests that check
     /// telemetry point `OTEL_EXPORTER_OTLP_ENDPOINT` at a receiver instead.
     pub fn new(name: &str) -> Self {
+        Self::at(crate::bin(name))
+    }
+
+    /// As [`ProcBuilder::new`], for the binary at `bin`
+    /// (`env!("CARGO_BIN_EXE_service-a")`).
+    pub fn at(bin: impl Into<PathBuf>) -> Self {
         let collector = match std::env::var("TESTKIT_OTLP").as_deref() {
             Ok("blackhole") => crate::black_hole(),
             _ => crate::unused_addr(),
         };
         Self {
-            bin: crate::bin(name),
+            bin: bin.into(),
             args: Vec::new(),
             envs: vec![
                 ("RUST_LOG".into(), "info".into()),
@@ -58,7 +79,23 @@ impl ProcBuilder {
                 ),
             ],
             listen: true,
+            notify: NotifyForm::Path,
+            journal_stderr: false,
         }
+    }
+
+    /// Tells the daemon its stderr is the journal, as systemd does
+    /// (`JOURNAL_STREAM` names the stream). With no journald on this
+    /// machine the daemon still writes text there, by the journal's policy.
+    pub fn stderr_as_journal(mut self) -> Self {
+        self.journal_stderr = true;
+        self
+    }
+
+    /// Which form of notify socket to offer (a path unless told).
+    pub fn notify_socket(mut self, form: NotifyForm) -> Self {
+        self.notify = form;
+        self
     }
 
     /// Adds a command-line argument.
@@ -80,6 +117,12 @@ impl ProcBuilder {
     /// Sets an environment variable (the environment starts empty).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Leaves an environment variable unset (one [`ProcBuilder::new`] sets).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.envs.retain(|(k, _)| k != key);
         self
     }
 
@@ -129,23 +172,39 @@ impl ProcBuilder {
     /// it only starts once a client connects).
     pub fn spawn_unready(self) -> Proc {
         let dir = tempfile::tempdir().unwrap();
-        let socket_path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let (socket, name) = match self.notify {
+            NotifyForm::Path => {
+                let path = dir.path().join("notify.sock");
+                (UnixDatagram::bind(&path).unwrap(), path.into_os_string())
+            }
+            NotifyForm::Abstract => abstract_socket(),
+        };
         let mut cmd = self.command();
-        cmd.env("NOTIFY_SOCKET", &socket_path);
-        let mut child = cmd.spawn().unwrap();
-
+        cmd.env("NOTIFY_SOCKET", name);
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stderr.take().unwrap(), output.clone());
+        let child = if self.journal_stderr {
+            let (reader, writer) = std::io::pipe().unwrap();
+            let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+            let meta = writer.metadata().unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+                .stderr(writer);
+            let reader = std::os::fd::OwnedFd::from(reader);
+            collect(Receiver::from_owned_fd(reader).unwrap(), output.clone());
+            cmd.spawn().unwrap()
+        } else {
+            let mut child = cmd.spawn().unwrap();
+            collect(child.stderr.take().unwrap(), output.clone());
+            child
+        };
+        let mut child = child;
         collect(child.stdout.take().unwrap(), output.clone());
         let notes = Arc::new(Mutex::new(Vec::new()));
         let sink = notes.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = socket.recv(&mut buf).await {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let note = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((Instant::now(), note));
             }
         });
         Proc {
@@ -173,6 +232,25 @@ impl ProcBuilder {
     }
 }
 
+/// A notify socket in the abstract namespace, named uniquely, and its
+/// `NOTIFY_SOCKET` value (`@name`).
+fn abstract_socket() -> (UnixDatagram, std::ffi::OsString) {
+    use std::os::linux::net::SocketAddrExt;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "testkit-notify-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    (
+        UnixDatagram::from_std(socket).unwrap(),
+        format!("@{name}").into(),
+    )
+}
+
 fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
@@ -193,7 +271,8 @@ pub struct Proc {
     /// The address it listens on.
     pub addr: SocketAddr,
     output: Arc<Mutex<String>>,
-    notes: Arc<Mutex<Vec<String>>>,
+    /// Each datagram on the notify socket, with when it arrived.
+    notes: Arc<Mutex<Vec<(Instant, String)>>>,
     /// Holds the notify socket's directory for the process's lifetime.
     _dir: tempfile::TempDir,
 }
@@ -211,7 +290,42 @@ impl Proc {
 
     /// Every datagram it sent to the notify socket so far.
     pub fn notifications(&self) -> Vec<String> {
-        self.notes.lock().unwrap().clone()
+        let notes = self.notes.lock().unwrap();
+        notes.iter().map(|(_, note)| note.clone()).collect()
+    }
+
+    /// When each notification containing the line `line` arrived.
+    pub fn notification_times(&self, line: &str) -> Vec<Instant> {
+        let notes = self.notes.lock().unwrap();
+        notes
+            .iter()
+            .filter(|(_, n)| n.lines().any(|l| l == line))
+            .map(|(at, _)| *at)
+            .collect()
+    }
+
+    /// Plays systemd's watchdog timer: waits until `timeout` has passed
+    /// with no `WATCHDOG=1` (counted from the last one, or from now if none
+    /// came yet), which is when systemd would kill the daemon. Panics if
+    /// keep-alives keep coming for `within`.
+    pub async fn wait_watchdog_expiry(&self, timeout: Duration, within: Duration) {
+        let start = Instant::now();
+        eventually(
+            &format!("{} to miss its watchdog ({timeout:?})", self.name),
+            within,
+            || {
+                let last = self
+                    .notes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .find(|(_, n)| n.lines().any(|l| l == "WATCHDOG=1"))
+                    .map_or(start, |(at, _)| (*at).max(start));
+                async move { (last.elapsed() >= timeout).then_some(()) }
+            },
+        )
+        .await;
     }
 
     /// Its process id.
@@ -244,7 +358,9 @@ impl Proc {
 
     fn ready_addr(&self) -> Option<SocketAddr> {
         let notes = self.notes.lock().unwrap();
-        let ready = notes.iter().find(|n| n.lines().any(|l| l == "READY=1"))?;
+        let (_, ready) = notes
+            .iter()
+            .find(|(_, n)| n.lines().any(|l| l == "READY=1"))?;
         let status = ready.lines().find_map(|l| l.strip_prefix("STATUS="))?;
         let addr = status.strip_prefix("serving on ")?;
         addr.split([';', ' ']).next()?.parse().ok()

@@ -1,0 +1,259 @@
+//! What both daemons promise as programs: `--help`, one-line errors with
+//! exit status 2 for a bad setting and 1 for a failure at run time,
+//! `--check-config`, and a clean exit on SIGTERM/SIGINT. Each function is
+//! one test, run against one daemon's binary by [`crate::daemon_contract_tests`]
+//! in that daemon's own tests, where cargo builds the binary first.
+
+use std::time::Duration;
+
+use crate::{Daemon, Sig};
+
+const EXIT_WITHIN: Duration = Duration::from_secs(10);
+
+/// Asserts `out` is one line on stderr with exit status `code`, containing
+/// every needle, and no panic.
+pub fn assert_one_line_error(out: &crate::Exited, code: i32, needles: &[&str], case: &str) {
+    assert_eq!(out.code, Some(code), "{case}: stderr: {}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{case}: expected one line, got:\n{}",
+        out.stderr
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{case}: {needle:?} not in {:?}",
+            lines[0]
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{case}: {}", out.stderr);
+}
+
+/// What `d` prints on stdout with the one argument `arg` (`--help`,
+/// `--version`), which must exit 0.
+pub async fn run_alone(d: &Daemon, arg: &str) -> String {
+    let out = d.proc().no_listen().arg(arg).run_to_exit(EXIT_WITHIN).await;
+    assert_eq!(out.code, Some(0), "{} {arg}: {}", d.name, out.stderr);
+    out.stdout
+}
+
+/// `--help` documents every shared flag with the daemon's variable and default.
+pub async fn help_documents_every_flag_with_its_variable_and_default(d: &Daemon) {
+    let help = run_alone(d, "--help").await;
+    assert!(help.starts_with(d.about), "{} --help:\n{help}", d.name);
+    let prefix = d.env_prefix;
+    for expected in [
+        "--listen".to_owned(),
+        format!("[env: {prefix}_LISTEN=]"),
+        format!("[default: 127.0.0.1:{}]", d.default_port),
+        format!("[env: {prefix}_MAX_MSG_BYTES=]"),
+        "[default: 4096]".to_owned(),
+        format!("[env: {prefix}_SHUTDOWN_TIMEOUT=]"),
+        "--check-config".to_owned(),
+    ] {
+        assert!(
+            help.contains(&expected),
+            "{} --help lacks {expected:?}:\n{help}",
+            d.name
+        );
+    }
+}
+
+/// `--version` prints the name and version, exit 0.
+pub async fn version_prints_and_exits_0(d: &Daemon) {
+    let version = run_alone(d, "--version").await;
+    assert!(version.starts_with(d.name), "{version}");
+}
+
+/// A bad shared setting, by flag or variable: one line naming both, exit 2.
+pub async fn a_bad_setting_is_one_line_naming_flag_and_variable_and_exit_2(d: &Daemon) {
+    let prefix = d.env_prefix;
+    let listen_env = format!("{prefix}_LISTEN");
+    let timeout_env = format!("{prefix}_SHUTDOWN_TIMEOUT");
+    let limit_env = format!("{prefix}_MAX_MSG_BYTES");
+    let header_env = format!("{prefix}_MAX_HEADER_BYTES");
+    let cases: Vec<(crate::ProcBuilder, Vec<&str>)> = vec![
+        (
+            d.proc().no_listen().args(["--listen", "nonsense"]),
+            vec!["--listen", &listen_env, "nonsense"],
+        ),
+        (
+            d.proc().no_listen().env(&listen_env, "localhost:80"),
+            vec!["--listen", &listen_env, "localhost:80"],
+        ),
+        (
+            d.proc().args(["--shutdown-timeout", "0s"]),
+            vec!["--shutdown-timeout", &timeout_env, "greater than zero"],
+        ),
+        (
+            d.proc().env(&limit_env, "lots"),
+            vec!["--max-msg-bytes", &limit_env, "lots"],
+        ),
+        (
+            d.proc().args(["--max-header-bytes", "8192"]),
+            vec![
+                "--max-header-bytes",
+                &header_env,
+                "--max-msg-bytes",
+                "13312",
+            ],
+        ),
+        (
+            d.proc().args(["--max-header-bytes", "4096"]),
+            vec!["--max-header-bytes", &header_env, "8192"],
+        ),
+        (
+            d.proc().args(["--max-connections", "0"]),
+            vec!["--max-connections"],
+        ),
+    ];
+    for (builder, needles) in cases {
+        let case = format!("{} {builder:?}", d.name);
+        let out = builder.run_to_exit(EXIT_WITHIN).await;
+        assert_one_line_error(&out, 2, &needles, &case);
+    }
+}
+
+/// The shared duration flags of `d`.
+const DURATIONS: [&str; 3] = ["shutdown-timeout", "header-timeout", "idle-timeout"];
+
+/// A duration past the bound would overflow `Instant + d` when it is used
+/// (a panic at the first breaker trip or shutdown): refused at start, by
+/// `--check-config` too, with the range in the message.
+pub async fn an_absurd_duration_is_refused_at_start_naming_the_range(d: &Daemon) {
+    for flag in DURATIONS {
+        assert_absurd_duration_refused(d, flag).await;
+    }
+}
+
+/// [`an_absurd_duration_is_refused_at_start_naming_the_range`] for one
+/// duration flag (a daemon's own ones too).
+pub async fn assert_absurd_duration_refused(d: &Daemon, flag: &str) {
+    let env = format!("{}_{}", d.env_prefix, flag.to_uppercase().replace('-', "_"));
+    let flag = format!("--{flag}");
+    for check in [false, true] {
+        let mut builder = d.proc().args([flag.as_str(), "500000000y"]);
+        if check {
+            builder = builder.arg("--check-config");
+        }
+        let out = builder.run_to_exit(EXIT_WITHIN).await;
+        let case = format!("{} {flag} 500000000y (check-config: {check})", d.name);
+        assert_one_line_error(&out, 2, &[&flag, &env, "500000000y", "at most 24h"], &case);
+    }
+    let by_env = d
+        .proc()
+        .env(&env, "25h")
+        .arg("--check-config")
+        .run_to_exit(EXIT_WITHIN)
+        .await;
+    assert_one_line_error(
+        &by_env,
+        2,
+        &[&flag, &env, "at most 24h"],
+        &format!("{env}=25h"),
+    );
+}
+
+/// An unknown flag: one line naming it, exit 2.
+pub async fn an_unknown_flag_is_one_line_and_exit_2(d: &Daemon) {
+    let out = d.proc().arg("--frobnicate").run_to_exit(EXIT_WITHIN).await;
+    assert_one_line_error(&out, 2, &["--frobnicate"], d.name);
+}
+
+/// A port in use is a failure at run time: one line, exit 1.
+pub async fn a_port_in_use_is_one_line_and_exit_1(d: &Daemon) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = d
+        .proc()
+        .no_listen()
+        .args(["--listen", &addr])
+        .run_to_exit(EXIT_WITHIN)
+        .await;
+    let env = format!("{}_LISTEN", d.env_prefix);
+    assert_one_line_error(&out, 1, &[&addr, "--listen", &env, "in use"], d.name);
+}
+
+/// `--check-config` validates and prints without binding.
+pub async fn check_config_validates_without_listening(d: &Daemon) {
+    // The port is taken: a daemon that tried to bind would fail.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = d
+        .proc()
+        .no_listen()
+        .args(["--listen", &addr, "--check-config"])
+        .run_to_exit(EXIT_WITHIN)
+        .await;
+    assert_eq!(out.code, Some(0), "{}: {}", d.name, out.stderr);
+    assert!(out.stdout.contains("configuration OK"), "{}", out.stdout);
+    assert!(out.stdout.contains(&addr), "{}", out.stdout);
+
+    let bad = d
+        .proc()
+        .args(["--check-config", "--shutdown-timeout", "soon"])
+        .run_to_exit(EXIT_WITHIN)
+        .await;
+    assert_one_line_error(&bad, 2, &["--shutdown-timeout"], d.name);
+}
+
+/// SIGTERM and SIGINT: drain, `STOPPING=1`, exit 0.
+pub async fn sigterm_and_sigint_stop_cleanly_with_status_0(d: &Daemon) {
+    for signal in [Sig::SIGTERM, Sig::SIGINT] {
+        let mut proc = d.proc().spawn().await;
+        let health = crate::Client::new().get(&proc.url("/health")).await;
+        assert_eq!(health.status, 200);
+        proc.signal(signal);
+        let status = proc.wait_exit(EXIT_WITHIN).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} after {signal}: {}",
+            d.name,
+            proc.logs()
+        );
+        assert!(
+            proc.logs().contains(&format!("{signal} received")),
+            "{}",
+            proc.logs()
+        );
+        let notes = proc.notifications().join("");
+        assert!(notes.contains("STOPPING=1"), "{} sent {notes:?}", d.name);
+    }
+}
+
+/// `deploy/default-<daemon>` lists every setting `--help` shows, with its default.
+pub async fn the_shipped_settings_files_show_every_setting_with_its_default(d: &Daemon) {
+    let help = run_alone(d, "--help").await;
+    let path = format!(
+        "{}/../deploy/default-{}",
+        env!("CARGO_MANIFEST_DIR"),
+        d.name
+    );
+    let file = std::fs::read_to_string(&path).unwrap();
+    // `--flag <V>  Help [env: VAR=] [default: D]`
+    for line in help.lines().filter(|l| l.contains("[env: ")) {
+        let var = line
+            .split("[env: ")
+            .nth(1)
+            .unwrap()
+            .split('=')
+            .next()
+            .unwrap();
+        let default = line
+            .split("[default: ")
+            .nth(1)
+            .map(|d| d.trim_end_matches(']'));
+        let expected = format!("#{var}={}", default.unwrap_or(""));
+        assert!(
+            file.lines().any(|l| l == expected),
+            "{path} lacks the line {expected:?} (from --help: {line})"
+        );
+    }
+}
