@@ -43,10 +43,16 @@ impl Daemon for ServiceA {
 
     fn build(settings: &ServerSettings, args: Args) -> Result<App, String> {
         let faults = Arc::new(Faults::load(args.fault_file)?);
-        Ok(App {
-            summary: summary(settings.max_msg_bytes, &faults.active()),
-            router: router_with_faults(settings.max_msg_bytes, faults),
-        })
+        let max_msg_bytes = settings.max_msg_bytes;
+        let reloaded = faults.clone();
+        Ok(App::new(
+            router_with_faults(max_msg_bytes, faults.clone()),
+            summary(max_msg_bytes, &faults.active()),
+        )
+        .on_reload(move || {
+            let fault = reloaded.reload()?;
+            Ok(summary(max_msg_bytes, &fault))
+        }))
     }
 }
 

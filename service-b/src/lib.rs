@@ -148,14 +148,14 @@ impl Daemon for ServiceB {
             args.max_in_flight,
             settings.max_msg_bytes
         );
-        Ok(App {
-            router: router(
+        Ok(App::new(
+            router(
                 upstream,
                 Protection::from_args(&args),
                 settings.max_msg_bytes,
             ),
             summary,
-        })
+        ))
     }
 }
 

@@ -1,8 +1,10 @@
 //! The life of a daemon, shared by both: read settings, build the app, take
-//! the listening socket, tell systemd, serve until SIGTERM/SIGINT, drain,
-//! exit with a status that says what happened.
+//! the listening socket, tell systemd, serve (re-reading what can change on
+//! SIGHUP) until SIGTERM/SIGINT, drain, exit with a status that says what
+//! happened.
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::{Args, Command, FromArgMatches};
 use salvo::fuse::FuseConfig;
@@ -11,7 +13,7 @@ use salvo::{Router, Server, Service};
 use crate::cli::{self, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
-use crate::signals::Shutdown;
+use crate::signals::{Event, Shutdown};
 use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
 use crate::watchdog::Watchdog;
 use crate::{logging, notify};
@@ -36,14 +38,48 @@ pub trait Daemon: 'static {
     fn build(settings: &ServerSettings, args: Self::Args) -> Result<App, String>;
 }
 
+/// Re-reads what a daemon can change while running; the new summary, or
+/// why the change was refused (the old settings then stay).
+pub type Reload = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// A built daemon, ready to serve.
-#[derive(Debug)]
 pub struct App {
     /// The daemon's routes.
     pub router: Router,
     /// What this instance does, in words (`upstream http://..., deadline 1s`),
     /// for `systemctl status` and `--check-config`.
     pub summary: String,
+    /// What SIGHUP (`systemctl reload`) does, if anything.
+    pub reload: Option<Reload>,
+}
+
+impl App {
+    /// Routes and their summary; nothing to reload.
+    pub fn new(router: Router, summary: String) -> Self {
+        Self {
+            router,
+            summary,
+            reload: None,
+        }
+    }
+
+    /// What SIGHUP re-reads.
+    pub fn on_reload(
+        mut self,
+        reload: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.reload = Some(Box::new(reload));
+        self
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("summary", &self.summary)
+            .field("reload", &self.reload.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Wraps a daemon's routes with what every request gets: the server span and
@@ -176,12 +212,11 @@ async fn run<D: Daemon>(
         Origin::Bound => "",
         Origin::Inherited => " (socket from systemd)",
     };
-    let status = format!(
-        "serving on {addr}{socket}; {}; {}",
-        app.summary,
-        otel.summary()
-    );
-    tracing::info!(version = D::VERSION, "{status}");
+    let status_of =
+        |summary: &str| format!("serving on {addr}{socket}; {summary}; {}", otel.summary());
+    let status = Arc::new(Mutex::new(status_of(&app.summary)));
+    let status_now = |s: &Mutex<String>| s.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    tracing::info!(version = D::VERSION, "{}", status_now(&status));
     // Decided, and said, before READY=1: a reader of the log knows whether
     // keep-alives are coming.
     let watchdog = match Watchdog::from_env() {
@@ -194,20 +229,27 @@ async fn run<D: Daemon>(
     if let Some(watchdog) = &watchdog {
         tracing::info!("{}", watchdog.describe());
     }
-    notify::ready(&status);
+    notify::ready(&status_now(&status));
     if let Some(watchdog) = watchdog {
-        watchdog.spawn(addr, status);
+        watchdog.spawn(addr, status.clone());
     }
 
-    let signal = tokio::select! {
-        signal = shutdown.recv() => signal,
-        ended = &mut serving => {
-            let why = match ended {
-                Ok(Ok(())) => "the server stopped on its own".to_owned(),
-                Ok(Err(e)) => format!("the server failed: {e}"),
-                Err(e) => format!("the server task failed: {e}"),
-            };
-            return Ok(fail::<D>(EXIT_RUNTIME, &why));
+    let signal = loop {
+        tokio::select! {
+            event = shutdown.recv() => match event {
+                Event::Stop(signal) => break signal,
+                Event::Reload => {
+                    reload(app.reload.as_ref(), &status, &status_of);
+                }
+            },
+            ended = &mut serving => {
+                let why = match ended {
+                    Ok(Ok(())) => "the server stopped on its own".to_owned(),
+                    Ok(Err(e)) => format!("the server failed: {e}"),
+                    Err(e) => format!("the server task failed: {e}"),
+                };
+                return Ok(fail::<D>(EXIT_RUNTIME, &why));
+            }
         }
     };
     let grace = show_duration(settings.shutdown_timeout);
@@ -216,7 +258,7 @@ async fn run<D: Daemon>(
     handle.stop_graceful(Some(settings.shutdown_timeout));
     tokio::select! {
         _ = &mut serving => {}
-        signal = shutdown.recv() => {
+        signal = shutdown.stopped() => {
             tracing::warn!("{signal} received again: stopping now");
             handle.stop_forceful();
             let _ = serving.await;
@@ -224,6 +266,26 @@ async fn run<D: Daemon>(
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: tells systemd a reload runs (`RELOADING=1`), re-reads, and says
+/// `READY=1` with the status line of what is now in force. A refused change
+/// is one ERROR line; the settings in force stay.
+fn reload(reload: Option<&Reload>, status: &Mutex<String>, status_of: &dyn Fn(&str) -> String) {
+    let Some(reload) = reload else {
+        tracing::info!("SIGHUP received: nothing to reload");
+        return;
+    };
+    notify::reloading("reloading");
+    let mut current = status.lock().unwrap_or_else(PoisonError::into_inner);
+    match reload() {
+        Ok(summary) => {
+            *current = status_of(&summary);
+            tracing::info!("reloaded: {summary}");
+        }
+        Err(e) => tracing::error!("reload refused, the settings in force stay: {e}"),
+    }
+    notify::ready(&current);
 }
 
 /// Lifts the soft limit on open files to the hard one: each connection is a

@@ -21,6 +21,16 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd a reload has started (`RELOADING=1`, with the monotonic
+/// time systemd 253+ requires); [`ready`] ends it.
+pub fn reloading(status: &str) {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status(status)];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
 /// Tells systemd the drain has started.
 pub fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);

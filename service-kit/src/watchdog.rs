@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,7 +96,7 @@ impl Watchdog {
     /// Checks and pings from a task on the serving runtime until the
     /// process ends. `serving` is the address the daemon listens on;
     /// `status` its usual `STATUS=` line, restored when a check passes again.
-    pub fn spawn(self, serving: SocketAddr, status: String) {
+    pub fn spawn(self, serving: SocketAddr, status: Arc<Mutex<String>>) {
         let target = reachable(serving);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.period);
@@ -108,7 +109,7 @@ impl Watchdog {
                     Ok(Ok(())) => {
                         if std::mem::take(&mut failing) {
                             tracing::info!("watchdog: the daemon serves again; keep-alives resume");
-                            notify::status(&status);
+                            notify::status(&status.lock().unwrap_or_else(PoisonError::into_inner));
                         }
                         notify::watchdog();
                         continue;

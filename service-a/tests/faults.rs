@@ -1,0 +1,88 @@
+//! Faults injected on purpose, switched without a restart: edit the fault
+//! file, send SIGHUP (what `systemctl reload service-a` does), and the new
+//! fault is in force, announced to systemd with `RELOADING=1` then
+//! `READY=1`; a bad file is refused and the fault in force stays.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::time::Duration;
+
+use testkit::{Client, Proc, ProcBuilder, Sig, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn fault_in_force(a: &Proc) -> String {
+    let health = Client::new().get(&a.url("/health")).await;
+    health.json["fault"].as_str().unwrap().to_owned()
+}
+
+async fn reload_until(a: &Proc, expected: &str) {
+    a.signal(Sig::SIGHUP);
+    eventually(&format!("fault {expected:?} in force"), WAIT, || async {
+        (fault_in_force(a).await == expected).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_switches_the_fault_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fault");
+    let mut a = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .env("SERVICE_A_FAULT_FILE", file.to_str().unwrap())
+        .spawn()
+        .await;
+    assert_eq!(fault_in_force(&a).await, "off", "no file: no fault");
+    let client = Client::new();
+    let url = a.url("/echo?msg=hi");
+    let echo = || client.get(&url);
+    assert_eq!(echo().await.status, 200);
+
+    std::fs::write(&file, "status=503\n").unwrap();
+    reload_until(&a, "status=503").await;
+    let r = echo().await;
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (503, Some("injected_fault"))
+    );
+    // systemd was told: a reload ran, then ready again with the new status.
+    let notes = a.notifications().concat();
+    let reloading = notes.find("RELOADING=1").expect("RELOADING=1 sent");
+    assert!(notes[reloading..].contains("MONOTONIC_USEC="), "{notes}");
+    let ready_again = notes[reloading..]
+        .find("READY=1")
+        .expect("READY=1 after the reload");
+    assert!(
+        notes[reloading + ready_again..].contains("fault status=503"),
+        "{notes}"
+    );
+
+    // A bad fault is refused: the fault in force stays, and the log says why.
+    std::fs::write(&file, "status=999\n").unwrap();
+    a.signal(Sig::SIGHUP);
+    a.wait_for_log("reload refused", WAIT).await;
+    assert!(a.logs().contains("400 to 599"), "{}", a.logs());
+    assert_eq!(fault_in_force(&a).await, "status=503");
+
+    std::fs::write(&file, "off\n").unwrap();
+    reload_until(&a, "off").await;
+    assert_eq!(echo().await.status, 200);
+
+    // Still the same process, and it stops as usual.
+    a.signal(Sig::SIGTERM);
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_bad_fault_file_at_start_is_a_bad_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fault");
+    std::fs::write(&file, "explode\n").unwrap();
+    let out = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .env("SERVICE_A_FAULT_FILE", file.to_str().unwrap())
+        .arg("--check-config")
+        .run_to_exit(WAIT)
+        .await;
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown fault"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
