@@ -65,6 +65,7 @@ async fn one_trace_spans_both_daemons_with_the_right_parents() {
         .unwrap()
         .get(b.url(&format!("/call-echo?msg={secret}")))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .header("user-agent", "lab-traffic/1 (synthetic)")
         .send()
         .await
         .unwrap();
@@ -74,6 +75,15 @@ async fn one_trace_spans_both_daemons_with_the_right_parents() {
     let b_server = find(&spans, "service-b", SPAN_KIND_SERVER);
     let b_client = find(&spans, "service-b", SPAN_KIND_CLIENT);
     let a_server = find(&spans, "service-a", SPAN_KIND_SERVER);
+    // Who called: synthetic traffic is told apart in the trace.
+    assert_eq!(
+        b_server.attr("user_agent.original").as_deref(),
+        Some("lab-traffic/1 (synthetic)")
+    );
+    assert_eq!(
+        a_server.attr("user_agent.original").as_deref(),
+        Some(concat!("service-b/", env!("CARGO_PKG_VERSION")))
+    );
 
     assert_eq!(
         b_server.parent_span_id, caller_span,

@@ -14,9 +14,10 @@ use opentelemetry::{Key, KeyValue, Value, global};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
+    USER_AGENT_ORIGINAL,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_SERVER_REQUEST_DURATION;
-use salvo::http::header::{CACHE_CONTROL, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use salvo::http::header::{CACHE_CONTROL, HeaderValue, USER_AGENT, X_CONTENT_TYPE_OPTIONS};
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Scribe, async_trait};
 use tracing::Instrument;
@@ -155,6 +156,10 @@ impl Handler for Observe {
         span.set_attribute(HTTP_REQUEST_METHOD, method);
         span.set_attribute(URL_SCHEME, "http");
         span.set_attribute(URL_PATH, req.uri().path().to_owned());
+        // Says who called: `lab-traffic/1 (synthetic)` marks test traffic.
+        if let Some(agent) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
+            span.set_attribute(USER_AGENT_ORIGINAL, agent.to_owned());
+        }
         if let Some(route) = endpoint.route {
             span.set_attribute(HTTP_ROUTE, route);
         }
