@@ -9,7 +9,7 @@ use serde::Serialize;
 use service_kit::cli::ServerSettings;
 use service_kit::error::{ApiError, write_json_value};
 use service_kit::query::msg_from_query;
-use service_kit::{App, Daemon};
+use service_kit::{App, Daemon, StartError};
 
 /// service-a as the shared lifecycle sees it.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ impl Daemon for ServiceA {
     const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     type Args = Args;
 
-    fn build(settings: &ServerSettings, _args: Args) -> Result<App, String> {
+    fn build(settings: &ServerSettings, _args: Args) -> Result<App, StartError> {
         Ok(App {
             router: router(settings.max_msg_bytes),
             summary: format!("max msg {} bytes", settings.max_msg_bytes),

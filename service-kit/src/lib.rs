@@ -22,4 +22,4 @@ pub mod signals;
 pub mod telemetry;
 pub mod watchdog;
 
-pub use daemon::{App, Daemon, service};
+pub use daemon::{App, Daemon, StartError, service};
