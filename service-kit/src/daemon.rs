@@ -11,6 +11,7 @@ use salvo::{Router, Server, Service};
 use crate::cli::{self, ConfigError, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
+use crate::policy::ResponsePolicy;
 use crate::signals::Shutdown;
 use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
 use crate::watchdog::Watchdog;
@@ -89,11 +90,15 @@ pub struct App {
     pub summary: String,
 }
 
-/// Wraps a daemon's routes with what every request gets: the server span and
-/// metrics, the access log, the common headers, the JSON 404/405. Tests use
-/// this too, so they see what the network sees.
+/// Wraps a daemon's routes with what every request gets: observed (the
+/// server span and metrics, the access log) from outside, the response
+/// policy (the common headers, the JSON 404/405) inside, so what is
+/// observed is what is sent. Tests use this too, so they see what the
+/// network sees.
 pub fn service<D: Daemon>(router: Router) -> Service {
-    Service::new(router).hoop(Observe::new(D::NAME))
+    Service::new(router)
+        .hoop(Observe::new(D::NAME))
+        .hoop(ResponsePolicy)
 }
 
 /// The whole program; `main.rs` of each daemon calls only this.
