@@ -16,7 +16,7 @@ use serde::Serialize;
 use service_kit::cli::ServerSettings;
 use service_kit::error::{ApiError, write_json_value};
 use service_kit::query::msg_from_query;
-use service_kit::{App, Daemon};
+use service_kit::{App, Daemon, StartError};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::fault::{Fault, Faults, Kind};
@@ -41,8 +41,9 @@ impl Daemon for ServiceA {
     const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     type Args = Args;
 
-    fn build(settings: &ServerSettings, args: Args) -> Result<App, String> {
-        let faults = Arc::new(Faults::load(args.fault_file)?);
+    fn build(settings: &ServerSettings, args: Args) -> Result<App, StartError> {
+        // A fault file that does not parse is a bad setting, like any other.
+        let faults = Arc::new(Faults::load(args.fault_file).map_err(StartError::config)?);
         let max_msg_bytes = settings.max_msg_bytes;
         let reloaded = faults.clone();
         Ok(App::new(

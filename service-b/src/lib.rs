@@ -24,7 +24,7 @@ use service_kit::error::{ApiError, write_json, write_json_value};
 use service_kit::health::Health;
 use service_kit::observe::Degraded;
 use service_kit::query::msg_from_query;
-use service_kit::{App, Daemon};
+use service_kit::{App, Daemon, StartError};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
 
@@ -128,12 +128,13 @@ impl Daemon for ServiceB {
     const DEFAULT_LISTEN: &'static str = "127.0.0.1:8081";
     type Args = Args;
 
-    fn build(settings: &ServerSettings, args: Args) -> Result<App, String> {
+    fn build(settings: &ServerSettings, args: Args) -> Result<App, StartError> {
         let upstream = Upstream::new(
             &args.service_a_url,
             args.upstream_timeout,
             settings.max_msg_bytes,
-        )?;
+        )
+        .map_err(StartError::Startup)?;
         let breaker = match args.breaker_failures {
             0 => "breaker off".to_owned(),
             n => format!(

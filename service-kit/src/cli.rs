@@ -1,8 +1,8 @@
 //! Settings both daemons share, read from flags and environment variables.
 //!
 //! Each daemon names its variables with its own prefix (`SERVICE_A_LISTEN`,
-//! `SERVICE_B_LISTEN`), so the shared flags are built at run time from
-//! [`Daemon::ENV_PREFIX`] rather than declared twice. A bad value is one line
+//! `SERVICE_B_LISTEN`), so the shared flags are built at run time from that
+//! prefix rather than declared twice. A bad value is one line
 //! on stderr that names both the flag and the variable, and exit status 2.
 
 use std::net::SocketAddr;
@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, ArgMatches, Command};
-
-use crate::daemon::Daemon;
 
 /// Exit status for a bad setting (the same status clap uses for usage errors).
 pub const EXIT_CONFIG: u8 = 2;
@@ -24,6 +22,19 @@ pub const DEFAULT_MAX_MSG_BYTES: usize = 4096;
 /// Largest `msg` limit accepted: a request line longer than this is not a
 /// message any more.
 pub const MAX_MAX_MSG_BYTES: usize = 1 << 20;
+
+/// A bad setting, or settings that contradict each other: exit status
+/// [`EXIT_CONFIG`]. The message names the flag and its variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// The settings every daemon has.
 #[derive(Debug, Clone)]
@@ -106,17 +117,18 @@ const SHUTDOWN_TIMEOUT: Shared = Shared {
     help: "On SIGTERM/SIGINT, how long in-flight requests may finish before they are cut",
 };
 
-/// Adds the shared flags to `cmd`, with `D`'s variable names and defaults.
-pub fn with_server_args<D: Daemon>(cmd: Command) -> Command {
+/// Adds the shared flags to `cmd`: variables named `<env_prefix>_LISTEN`...,
+/// and `--listen` defaulting to `default_listen`.
+pub fn with_server_args(cmd: Command, env_prefix: &str, default_listen: &str) -> Command {
     let arg = |s: &Shared, default: String| {
         clap::Arg::new(s.long)
             .long(s.long)
-            .env(format!("{}_{}", D::ENV_PREFIX, s.env_suffix))
+            .env(format!("{env_prefix}_{}", s.env_suffix))
             .value_name(s.value_name)
             .help(s.help)
             .default_value(default)
     };
-    cmd.arg(arg(&LISTEN, D::DEFAULT_LISTEN.to_owned()).value_parser(parse_socket_addr))
+    cmd.arg(arg(&LISTEN, default_listen.to_owned()).value_parser(parse_socket_addr))
         .arg(arg(&MAX_MSG_BYTES, DEFAULT_MAX_MSG_BYTES.to_string()).value_parser(parse_msg_limit))
         .arg(arg(&SHUTDOWN_TIMEOUT, "5s".to_owned()).value_parser(parse_duration))
         .arg(arg(&MAX_CONNECTIONS, "4096".to_owned()).value_parser(parse_max_connections))
@@ -149,14 +161,14 @@ impl ServerSettings {
     }
 
     /// Checks the settings against each other; the error names them.
-    pub fn check(&self, prefix: &str) -> Result<(), String> {
+    pub fn check(&self, prefix: &str) -> Result<(), ConfigError> {
         // The worst case of a msg at the limit: every byte sent as %XX.
         let needed = self.max_msg_bytes * 3 + 1024;
         if self.limits.max_header_bytes < needed {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "--max-header-bytes / {prefix}_MAX_HEADER_BYTES is {} but a msg of --max-msg-bytes / {prefix}_MAX_MSG_BYTES {} bytes needs up to {needed}",
                 self.limits.max_header_bytes, self.max_msg_bytes
-            ));
+            )));
         }
         Ok(())
     }

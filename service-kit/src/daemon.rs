@@ -10,9 +10,10 @@ use clap::{Args, Command, FromArgMatches};
 use salvo::fuse::FuseConfig;
 use salvo::{Router, Server, Service};
 
-use crate::cli::{self, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
+use crate::cli::{self, ConfigError, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
+use crate::policy::ResponsePolicy;
 use crate::signals::{Event, Shutdown};
 use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
 use crate::watchdog::Watchdog;
@@ -33,9 +34,52 @@ pub trait Daemon: 'static {
     /// The daemon's own settings, on top of [`ServerSettings`].
     type Args: Args + FromArgMatches;
 
-    /// Builds the routes from settings that clap has already validated.
-    /// An error here is a failure to start (exit 1), not a bad setting.
-    fn build(settings: &ServerSettings, args: Self::Args) -> Result<App, String>;
+    /// Builds the routes from settings that clap has already validated
+    /// one by one. [`StartError::Config`] for settings that contradict each
+    /// other (exit 2), [`StartError::Startup`] for a failure to start (exit 1).
+    fn build(settings: &ServerSettings, args: Self::Args) -> Result<App, StartError>;
+}
+
+/// Why a daemon did not start; its exit status follows from the variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// A bad setting, or settings that contradict each other: exit 2.
+    Config(ConfigError),
+    /// The settings are fine but starting failed (a port in use, no
+    /// runtime, no HTTP client): exit 1.
+    Startup(String),
+}
+
+impl StartError {
+    /// A [`StartError::Config`] with this message, which names the settings.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::Config(ConfigError(message.into()))
+    }
+
+    /// The exit status this failure is reported with.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Self::Config(_) => EXIT_CONFIG,
+            Self::Startup(_) => EXIT_RUNTIME,
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Startup(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
 }
 
 /// Re-reads what a daemon can change while running; the new summary, or
@@ -82,17 +126,22 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Wraps a daemon's routes with what every request gets: the server span and
-/// metrics, the access log, the common headers, the JSON 404/405. Tests use
-/// this too, so they see what the network sees.
+/// Wraps a daemon's routes with what every request gets: observed (the
+/// server span and metrics, the access log) from outside, the response
+/// policy (the common headers, the JSON 404/405) inside, so what is
+/// observed is what is sent. Tests use this too, so they see what the
+/// network sees.
 pub fn service<D: Daemon>(router: Router) -> Service {
-    Service::new(router).hoop(Observe::new(D::NAME))
+    Service::new(router)
+        .hoop(Observe::new(D::NAME))
+        .hoop(ResponsePolicy)
 }
 
 /// The whole program; `main.rs` of each daemon calls only this.
 pub fn main<D: Daemon>() -> ExitCode {
     // The daemon's Args doc comment would become the about text: set ours last.
-    let cmd = D::Args::augment_args(cli::with_server_args::<D>(Command::new(D::NAME)))
+    let shared = cli::with_server_args(Command::new(D::NAME), D::ENV_PREFIX, D::DEFAULT_LISTEN);
+    let cmd = D::Args::augment_args(shared)
         .version(D::VERSION)
         .about(D::ABOUT);
     let parsed = cmd.clone().try_get_matches().and_then(|m| {
@@ -104,12 +153,12 @@ pub fn main<D: Daemon>() -> ExitCode {
         Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
     };
     if let Err(e) = settings.check(D::ENV_PREFIX) {
-        return fail::<D>(EXIT_CONFIG, &e);
+        return fail::<D>(&e.into());
     }
     raise_fd_limit();
     let otel = match TelemetrySettings::from_env() {
         Ok(otel) => otel,
-        Err(e) => return fail::<D>(EXIT_CONFIG, &e),
+        Err(e) => return fail::<D>(&StartError::config(e)),
     };
     // --check-config starts no exporter: it only reads settings.
     let (telemetry, otel_layer) = if settings.check_config {
@@ -117,7 +166,7 @@ pub fn main<D: Daemon>() -> ExitCode {
     } else {
         match Telemetry::start(otel, D::NAME, D::VERSION) {
             Ok(started) => started,
-            Err(e) => return fail::<D>(EXIT_RUNTIME, &e),
+            Err(e) => return fail::<D>(&StartError::Startup(e)),
         }
     };
     if let Some(warning) = logging::init(otel_layer.into_iter().collect()) {
@@ -129,10 +178,9 @@ pub fn main<D: Daemon>() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            return fail::<D>(
-                EXIT_RUNTIME,
-                &format!("cannot start the async runtime: {e}"),
-            );
+            return fail::<D>(&StartError::Startup(format!(
+                "cannot start the async runtime: {e}"
+            )));
         }
     };
     let code = runtime.block_on(async move {
@@ -142,9 +190,9 @@ pub fn main<D: Daemon>() -> ExitCode {
                 code
             }
             // It never served: nothing to flush, and no reason to wait.
-            Err(code) => {
+            Err(e) => {
                 telemetry.abandon();
-                code
+                fail::<D>(&e)
             }
         }
     });
@@ -158,11 +206,8 @@ async fn run<D: Daemon>(
     settings: ServerSettings,
     args: D::Args,
     otel: TelemetrySettings,
-) -> Result<ExitCode, ExitCode> {
-    let app = match D::build(&settings, args) {
-        Ok(app) => app,
-        Err(e) => return Err(fail::<D>(EXIT_RUNTIME, &e)),
-    };
+) -> Result<ExitCode, StartError> {
+    let app = D::build(&settings, args)?;
     if settings.check_config {
         #[allow(clippy::print_stdout)] // --check-config's answer is its output.
         {
@@ -177,25 +222,15 @@ async fn run<D: Daemon>(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut shutdown = match Shutdown::register() {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(fail::<D>(
-                EXIT_RUNTIME,
-                &format!("cannot handle signals: {e}"),
-            ));
-        }
-    };
-    let (acceptor, addr, origin) = match listener::acquire(settings.listen).await {
-        Ok(bound) => bound,
-        Err(e) => {
-            let setting = format!("--listen / {}_LISTEN", D::ENV_PREFIX);
-            return Err(fail::<D>(
-                EXIT_RUNTIME,
-                &format!("cannot listen on {} ({setting}): {e}", settings.listen),
-            ));
-        }
-    };
+    let mut shutdown = Shutdown::register()
+        .map_err(|e| StartError::Startup(format!("cannot handle signals: {e}")))?;
+    let (acceptor, addr, origin) = listener::acquire(settings.listen).await.map_err(|e| {
+        let setting = format!("--listen / {}_LISTEN", D::ENV_PREFIX);
+        StartError::Startup(format!(
+            "cannot listen on {} ({setting}): {e}",
+            settings.listen
+        ))
+    })?;
 
     let limits = settings.limits;
     let fuse = FuseConfig::default()
@@ -248,7 +283,9 @@ async fn run<D: Daemon>(
                     Ok(Err(e)) => format!("the server failed: {e}"),
                     Err(e) => format!("the server task failed: {e}"),
                 };
-                return Ok(fail::<D>(EXIT_RUNTIME, &why));
+                // It served: a failure at run time (exit 1), and telemetry to flush.
+                eprintln!("{}: {why}", D::NAME);
+                return Ok(ExitCode::from(EXIT_RUNTIME));
             }
         }
     };
@@ -301,7 +338,24 @@ fn raise_fd_limit() {
 }
 
 /// The one line a failure to start prints, and its exit status.
-fn fail<D: Daemon>(code: u8, message: &str) -> ExitCode {
-    eprintln!("{}: {message}", D::NAME);
-    ExitCode::from(code)
+fn fail<D: Daemon>(e: &StartError) -> ExitCode {
+    eprintln!("{}: {e}", D::NAME);
+    ExitCode::from(e.exit_status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_status_follows_from_the_kind_of_failure() {
+        let bad = StartError::config("--upstream-timeout must be below --shutdown-timeout");
+        assert_eq!(bad.exit_status(), 2);
+        assert_eq!(
+            bad.to_string(),
+            "--upstream-timeout must be below --shutdown-timeout"
+        );
+        let broken = StartError::Startup("cannot listen".to_owned());
+        assert_eq!(broken.exit_status(), 1);
+    }
 }

@@ -3,7 +3,8 @@
 //! service-a and service-b differ in their routes and settings only; the
 //! rest of a daemon's life is here, once: reading settings
 //! ([`cli`]), decoding `msg` ([`query`]), the JSON error bodies ([`error`]),
-//! the server span, metrics, access log and common headers ([`observe`]),
+//! the server span, metrics and access log ([`observe`]), the common headers
+//! and JSON 404/405 ([`policy`]),
 //! OpenTelemetry export ([`telemetry`]), the listening socket
 //! ([`listener`]), the systemd protocol ([`notify`]) and watchdog
 //! ([`watchdog`]), signals ([`signals`])
@@ -17,9 +18,10 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod observe;
+pub mod policy;
 pub mod query;
 pub mod signals;
 pub mod telemetry;
 pub mod watchdog;
 
-pub use daemon::{App, Daemon, service};
+pub use daemon::{App, Daemon, StartError, service};

@@ -1,8 +1,8 @@
-//! The hoop in front of every request of both daemons. For each request it
-//! opens the SERVER span (continuing the caller's `traceparent`), records
-//! `http.server.request.duration`, writes the one access-log line, sets the
-//! headers every answer carries, and renders the JSON bodies of 404 and 405
-//! (salvo decides those before any handler runs).
+//! The hoop in front of every request of both daemons. It only observes:
+//! for each request it opens the SERVER span (continuing the caller's
+//! `traceparent`), records `http.server.request.duration` and writes the
+//! one access-log line. What the answer says is decided inside it (the
+//! handlers, and [`crate::policy`] for what every answer gets).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,13 +17,12 @@ use opentelemetry_semantic_conventions::attribute::{
     USER_AGENT_ORIGINAL,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_SERVER_REQUEST_DURATION;
-use salvo::http::header::{CACHE_CONTROL, HeaderValue, USER_AGENT, X_CONTENT_TYPE_OPTIONS};
+use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
-use salvo::{Depot, FlowCtrl, Handler, Request, Response, Scribe, async_trait};
+use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::error::ApiError;
 use crate::telemetry::{duration_histogram, trace_id_of};
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
@@ -169,16 +168,6 @@ impl Handler for Observe {
             .await;
 
         let status = res.status_code.unwrap_or(StatusCode::OK);
-        if res.body.is_none() {
-            match status {
-                StatusCode::NOT_FOUND => ApiError::NotFound.render(res),
-                StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.render(res),
-                _ => {}
-            }
-        }
-        let headers = res.headers_mut();
-        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
 
         let elapsed = started.elapsed();
         let code = status.as_u16();

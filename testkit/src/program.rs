@@ -257,3 +257,70 @@ pub async fn the_shipped_settings_files_show_every_setting_with_its_default(d: &
         );
     }
 }
+
+/// The head of the answer to `request`, sent as is over a new connection.
+async fn raw_head(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    // The server closes after answering (`Connection: close`, or an error).
+    tokio::time::timeout(EXIT_WITHIN, read)
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase()
+}
+
+/// Every answer the service gives carries `X-Content-Type-Options: nosniff`
+/// and `Cache-Control: no-store`, whoever decided it: a handler (200) or the
+/// router (404, 405). The 431 for an oversized head is hyper's own (the
+/// request never reaches the service, and hyper has no hook for it): a bare
+/// status with an empty body, nothing to sniff, and nothing that makes it
+/// cacheable (RFC 9111, 4.2.2).
+pub async fn every_answer_carries_the_common_headers(d: &Daemon) {
+    let proc = d.proc().spawn().await;
+    let request = |line: &str, extra: &str| {
+        format!("{line}\r\nHost: test\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+    };
+    let cases = [
+        ("200", request("GET /health HTTP/1.1", "")),
+        ("404", request("GET /nowhere HTTP/1.1", "")),
+        (
+            "405",
+            request("POST /health HTTP/1.1", "Content-Length: 0\r\n"),
+        ),
+    ];
+    for (status, request) in cases {
+        let head = raw_head(proc.addr, &request).await;
+        assert!(
+            head.starts_with(&format!("http/1.1 {status} ")),
+            "{}: expected {status}:\n{head}",
+            d.name
+        );
+        for header in ["x-content-type-options: nosniff", "cache-control: no-store"] {
+            assert!(
+                head.lines().any(|l| l == header),
+                "{}: the {status} lacks {header:?}:\n{head}",
+                d.name
+            );
+        }
+    }
+    let oversized = format!("X-Filler: {}\r\n", "x".repeat(20_000));
+    let head = raw_head(proc.addr, &request("GET /health HTTP/1.1", &oversized)).await;
+    assert!(head.starts_with("http/1.1 431 "), "{}:\n{head}", d.name);
+    assert!(head.lines().any(|l| l == "content-length: 0"), "{head}");
+    for freshness in ["cache-control:", "expires:", "last-modified:"] {
+        assert!(
+            !head.contains(freshness),
+            "{}: {freshness} in\n{head}",
+            d.name
+        );
+    }
+}
