@@ -82,7 +82,7 @@ async fn a_bad_fault_file_at_start_is_a_bad_setting() {
         .arg("--check-config")
         .run_to_exit(WAIT)
         .await;
-    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("unknown fault"), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 }

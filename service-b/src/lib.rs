@@ -129,6 +129,15 @@ impl Daemon for ServiceB {
     type Args = Args;
 
     fn build(settings: &ServerSettings, args: Args) -> Result<App, StartError> {
+        // On SIGTERM, calls in flight get --shutdown-timeout to finish: one
+        // allowed to run longer would be cut without an answer.
+        if args.upstream_timeout >= settings.shutdown_timeout {
+            return Err(StartError::config(format!(
+                "--upstream-timeout / SERVICE_B_UPSTREAM_TIMEOUT ({}) must be shorter than --shutdown-timeout / SERVICE_B_SHUTDOWN_TIMEOUT ({}), or a stop cuts calls in flight without an answer",
+                show_duration(args.upstream_timeout),
+                show_duration(settings.shutdown_timeout)
+            )));
+        }
         let upstream = Upstream::new(
             &args.service_a_url,
             args.upstream_timeout,

@@ -297,3 +297,24 @@ async fn a_fault_file_makes_service_a_fail_a_share_of_requests_and_traffic_count
     // Binomial, n = 400, p = 0.5: ±60 is more than six standard deviations.
     assert!((140..=260).contains(&failed), "{summary}");
 }
+
+#[tokio::test]
+async fn a_deadline_the_drain_cannot_wait_for_is_a_bad_setting() {
+    // SIGTERM drains for --shutdown-timeout: a call allowed to run longer
+    // would be cut without an answer.
+    let check = |upstream: &str, shutdown: &str| {
+        ProcBuilder::new("service-b")
+            .env("SERVICE_B_UPSTREAM_TIMEOUT", upstream)
+            .env("SERVICE_B_SHUTDOWN_TIMEOUT", shutdown)
+            .arg("--check-config")
+            .run_to_exit(Duration::from_secs(10))
+    };
+    let refused = check("5s", "5s").await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    for needle in ["SERVICE_B_UPSTREAM_TIMEOUT", "SERVICE_B_SHUTDOWN_TIMEOUT"] {
+        assert!(refused.stderr.contains(needle), "{}", refused.stderr);
+    }
+    assert_eq!(check("4s", "5s").await.code, Some(0));
+    assert_eq!(check("10s", "15s").await.code, Some(0));
+}
