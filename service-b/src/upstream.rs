@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::Status;
-use opentelemetry::{KeyValue, Value, global};
-use opentelemetry_http::HeaderInjector;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_RESEND_COUNT, HTTP_RESPONSE_STATUS_CODE,
     SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_TEMPLATE,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
-use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 use service_kit::telemetry::{current_trace_id, duration_histogram};
 use tracing::Instrument;
@@ -128,6 +128,9 @@ impl UpstreamError {
     }
 }
 
+/// The W3C trace context header.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The body service-a must send: an object with a string `echo`.
 #[derive(Deserialize)]
 struct EchoReply<'a> {
@@ -171,6 +174,9 @@ impl Upstream {
             .tcp_nodelay(true)
             .user_agent(concat!("service-b/", env!("CARGO_PKG_VERSION")))
             .connector_layer(MarkNewConnections)
+            // The one resend this client may make is decided here (see
+            // `echo`); reqwest's own retry layer would only clone requests.
+            .retry(reqwest::retry::never())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let echo_url = echo_url(base);
@@ -268,13 +274,13 @@ impl Upstream {
         if resend_count > 0 {
             span.set_attribute(HTTP_REQUEST_RESEND_COUNT, resend_count);
         }
-        let mut headers = HeaderMap::new();
-        global::get_text_map_propagator(|p| {
-            p.inject_context(&span.context(), &mut HeaderInjector(&mut headers));
-        });
+        let mut request = reqwest::Request::new(reqwest::Method::GET, url.clone());
+        if let Some(parent) = traceparent(&span) {
+            request.headers_mut().insert(TRACEPARENT, parent);
+        }
 
         let fetch = NEW_CONNECTION.scope(Cell::new(false), async {
-            let result = self.fetch(url.clone(), headers).await;
+            let result = self.fetch(request).await;
             (result, NEW_CONNECTION.with(Cell::get))
         });
         let attempt = match tokio::time::timeout_at(deadline, fetch)
@@ -322,8 +328,8 @@ impl Upstream {
         )
     }
 
-    async fn fetch(&self, url: Url, headers: HeaderMap) -> Result<(u16, Bytes), Failed> {
-        let mut response = match self.client.get(url).headers(headers).send().await {
+    async fn fetch(&self, request: reqwest::Request) -> Result<(u16, Bytes), Failed> {
+        let mut response = match self.client.execute(request).await {
             Ok(response) => response,
             Err(e) => {
                 return Err(Failed {
@@ -336,9 +342,7 @@ impl Upstream {
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let content_type = content_type.as_deref();
+            .and_then(|v| v.to_str().ok());
         if !(200..300).contains(&status) || !is_json(content_type.unwrap_or("")) {
             // Judged without the body, which cannot be the answer; a small
             // one is still read, so the connection can serve the next call.
@@ -347,7 +351,7 @@ impl Upstream {
                 return Err(e.into());
             }
         }
-        let too_large = |detail: String| UpstreamError {
+        let invalid = |detail: String| UpstreamError {
             status: Some(status),
             ..UpstreamError::new(ErrorKind::InvalidResponse, detail)
         };
@@ -355,7 +359,7 @@ impl Upstream {
             .content_length()
             .filter(|&len| len > self.max_body as u64)
         {
-            return Err(too_large(format!(
+            return Err(invalid(format!(
                 "service-a's body is {len} bytes; the limit is {}",
                 self.max_body
             ))
@@ -364,7 +368,7 @@ impl Upstream {
         let mut body = BytesMut::with_capacity(response.content_length().unwrap_or(256) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e))? {
             if body.len() + chunk.len() > self.max_body {
-                return Err(too_large(format!(
+                return Err(invalid(format!(
                     "service-a's body is over the {}-byte limit",
                     self.max_body
                 ))
@@ -372,7 +376,9 @@ impl Upstream {
             }
             body.extend_from_slice(&chunk);
         }
-        judge(status, content_type, &body)?;
+        // The content type was JSON (checked above): only the body is left.
+        check_echo_reply(&body)
+            .map_err(|e| invalid(format!("service-a's body is not {{\"echo\": string}}: {e}")))?;
         Ok((status, body.freeze()))
     }
 
@@ -404,6 +410,30 @@ impl Upstream {
             ErrorKind::ConnectionFailed,
             format!("calling service-a failed: {}", chain(e)),
         )
+    }
+}
+
+/// The W3C `traceparent` of `span`, written without the propagator's
+/// formatting and its empty `tracestate`: `00-<trace id>-<span id>-<flags>`.
+fn traceparent(span: &tracing::Span) -> Option<HeaderValue> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return None;
+    }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
+    hex_into(&mut out[53..55], &[sc.trace_flags().to_u8()]);
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// Lower-case hex of `bytes`, two digits a byte, into `out`.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -723,6 +753,13 @@ mod tests {
         assert!(ok(r#" {"echo":""} "#));
         assert!(!ok(r#"{"echo":"x"} trailing"#));
         assert!(!ok(""));
+    }
+
+    #[test]
+    fn hex_digits() {
+        let mut out = *b"----";
+        hex_into(&mut out, &[0x0f, 0xa1]);
+        assert_eq!(&out, b"0fa1");
     }
 
     #[test]
