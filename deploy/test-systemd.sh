@@ -388,6 +388,60 @@ journal_keeps_degraded_lines_after_a_flood() {
 }
 journal_keeps_degraded_lines_after_a_flood
 
+# ---------------------------------------------------------------- 8
+# The README's "Break service-a on purpose", as a user does it: write a fault
+# into /etc/service-a/fault, systemctl reload service-a, curl service-b.
+faults_switched_by_reload() {
+    local a_pid a_restarts spec kind reply health status_a refused
+    say "8. faults injected on purpose, switched by systemctl reload service-a"
+    ct systemctl restart service-b # a closed breaker to start with
+    ct mkdir -p /etc/service-a
+    a_pid=$(show service-a MainPID)
+    a_restarts=$(show service-a NRestarts)
+    # One call each, so the breaker (5 failures in a row) stays closed.
+    for case in "delay=300ms ok" "status=500 upstream_status" "garbage invalid_response" \
+        "reset connection_failed" "hang timeout" "off ok"; do
+        spec=${case% *} kind=${case##* }
+        ct sh -c "echo '$spec' > /etc/service-a/fault"
+        ct systemctl reload service-a
+        health=""
+        for _ in $(seq 50); do
+            health=$(curl -s --max-time 5 "$A/health" || true)
+            contains "$health" "\"fault\":\"$spec\"" && break
+            sleep 0.1
+        done
+        expect "after reload, /health says the fault in force ($health)" contains "$health" "\"fault\":\"$spec\""
+        reply=$(curl -s --max-time 5 "$B/call-echo?msg=fault" || true)
+        if [ "$kind" = ok ]; then
+            expect "$spec: /call-echo answers 200 ($reply)" contains "$reply" '"service_a":{"echo":"fault"}'
+        else
+            expect "$spec: /call-echo answers 503 $kind ($reply)" contains "$reply" "\"error\":\"$kind\""
+        fi
+        if [ "$spec" = "status=500" ]; then
+            status_a=$(ct systemctl status service-a --no-pager --lines=0 || true)
+            expect "systemctl status service-a shows the fault" contains "$status_a" "fault status=500"
+        fi
+    done
+    ct sh -c "echo 'status=503' > /etc/service-a/fault"
+    ct systemctl reload service-a
+    ct sh -c "echo 'status=999' > /etc/service-a/fault"
+    ct systemctl reload service-a
+    refused=""
+    for _ in $(seq 50); do
+        refused=$(ct journalctl -u service-a -o cat --no-pager -n 20 | grep -F 'reload refused' | tail -n1 || true)
+        [ -n "$refused" ] && break
+        sleep 0.1
+    done
+    expect "a bad fault is refused in the journal ($refused)" contains "$refused" "400 to 599"
+    health=$(curl -s --max-time 5 "$A/health" || true)
+    expect "and the fault in force stays ($health)" contains "$health" '"fault":"status=503"'
+    expect "no restart: MainPID $a_pid -> $(show service-a MainPID), NRestarts $a_restarts -> $(show service-a NRestarts)" \
+        test "$(show service-a MainPID)" = "$a_pid" -a "$(show service-a NRestarts)" = "$a_restarts"
+    ct rm -f /etc/service-a/fault
+    ct systemctl reload service-a
+}
+faults_switched_by_reload
+
 # ---------------------------------------------------------------- bad settings
 say "a bad setting stops the unit from starting, and says why"
 ct sh -c 'echo "SERVICE_A_LISTEN=nonsense" >> /etc/default/service-a'
