@@ -200,8 +200,10 @@ async fn every_degradation_kind_is_tagged_on_both_spans_and_its_trace_id_is_in_t
             client.attr("http.response.status_code").as_deref(),
             upstream_code
         );
-        // And the journal/stderr line of that answer carries the same trace id.
-        b.wait_for_log(&trace_id, WAIT).await;
+        // And the journal/stderr line of that answer carries the same trace
+        // id, and says it was sampled.
+        b.wait_for_log(&format!("trace_id={trace_id} trace_sampled=true"), WAIT)
+            .await;
     }
 }
 
@@ -285,6 +287,12 @@ async fn a_degraded_body_says_whether_its_trace_was_sampled() {
     let r = Client::new().get(&b.url("/call-echo?msg=x")).await;
     assert_eq!(r.json["error"], "connection_refused", "{}", r.text);
     assert_eq!(r.json["trace_sampled"], false, "{}", r.text);
+    // And the degraded request's log line says so too.
+    let line = format!(
+        "trace_id={} trace_sampled=false",
+        r.json["trace_id"].as_str().unwrap()
+    );
+    b.wait_for_log(&line, WAIT).await;
     let trace_id = r.json["trace_id"].as_str().unwrap().to_owned();
     let mut b = b;
     b.signal(Sig::SIGTERM);

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use opentelemetry::metrics::Histogram;
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Key, KeyValue, Value, global};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_semantic_conventions::attribute::{
@@ -235,6 +235,23 @@ impl std::fmt::Display for TraceId<'_> {
     }
 }
 
+/// Whether the span's trace is sampled (exported), worked out only if a log
+/// line is written: with head sampling below 100 %, a trace id in a log line
+/// may name a trace that Jaeger never receives.
+struct Sampled<'a>(&'a tracing::Span);
+
+impl std::fmt::Display for Sampled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cx = self.0.context();
+        let span = cx.span();
+        let sc = span.span_context();
+        match sc.is_valid() {
+            true => write!(f, "{}", sc.is_sampled()),
+            false => f.write_str("-"),
+        }
+    }
+}
+
 /// One line per request. The message reads on its own (`journalctl` shows
 /// only it by default); the fields are for filtering.
 fn log_access(
@@ -252,12 +269,14 @@ fn log_access(
             target: "access",
             method, endpoint, status, latency_ms = %latency_ms,
             kind = d.kind, upstream_status = d.upstream_status, trace_id = %trace_id,
+            trace_sampled = %Sampled(trace_id.0),
             "{method} {endpoint} {status} degraded: {} (upstream {}) in {latency} ms",
             d.kind, d.upstream_status
         ),
         None if status >= 500 => tracing::error!(
             target: "access",
             method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
+            trace_sampled = %Sampled(trace_id.0),
             "{method} {endpoint} {status} in {latency} ms"
         ),
         None => tracing::info!(
