@@ -34,17 +34,20 @@ async fn a_200_whose_body_is_not_utf8_is_invalid_even_in_a_field_nobody_reads() 
 #[tokio::test]
 async fn small_error_bodies_are_read_so_the_connection_is_kept() {
     let answer = Behaviour::kept_alive(500, r#"{"error":"internal","message":"it broke"}"#);
-    let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![answer; 5])).await;
+    let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![answer; 10])).await;
     let up = upstream(&fake);
-    for _ in 0..5 {
+    for _ in 0..10 {
         let e = up.echo("x").await.unwrap_err();
         assert_eq!((e.kind, e.status), (ErrorKind::UpstreamStatus, Some(500)));
     }
-    assert_eq!(fake.requests().len(), 5);
-    assert_eq!(
-        fake.connections(),
-        1,
-        "each 500 threw its connection away instead of reading the body"
+    assert_eq!(fake.requests().len(), 10);
+    // Thrown away, each 500 would cost a connection. Kept, they serve the
+    // next calls (the pool may open a spare one while a connection is on
+    // its way back to it, so not exactly one).
+    assert!(
+        fake.connections() <= 3,
+        "10 answers of 500 took {} connections",
+        fake.connections()
     );
 }
 
