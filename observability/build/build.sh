@@ -29,6 +29,8 @@ compose="$here/../compose.yaml"
 dir=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/two-service-lab/stack}
 mkdir -p "$dir/bin"
 dir=$(cd "$dir" && pwd -P)
+# Go's own install location, where a login shell's PATH may not reach.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || die "go not found (Go 1.26 or later)"
 
 # --- The pins: compose.yaml's image tags, and what each go.mod builds. ---
@@ -71,14 +73,20 @@ got=$(module_version prometheus github.com/prometheus/prometheus)
 
 # --- Build what changed. ---
 export GOFLAGS=-buildvcs=false
-# What a build depends on: the module files, our sources, this script.
-stamp_of() { (cd "$here" && cat "$1"/go.mod "$1"/go.sum "$1"/*.go build.sh 2>/dev/null; go version) | sha256sum | cut -d' ' -f1; }
+# What a build depends on: the module files, our sources, the go build
+# arguments, the Go release.
+stamp_of() { # stamp_of MODULE-DIR GO-BUILD-ARGS...
+    local mod=$1
+    shift
+    (cd "$here" && cat "$mod"/go.mod "$mod"/go.sum "$mod"/*.go 2>/dev/null; echo "$@"; go version) |
+        sha256sum | cut -d' ' -f1
+}
 build() { # build MODULE-DIR OUTPUT... -- GO-BUILD-ARGS...
     local mod=$1 stamp outputs=() fresh=1
     shift
     while [ "$1" != -- ]; do outputs+=("$1"); shift; done
     shift
-    stamp=$(stamp_of "$mod")
+    stamp=$(stamp_of "$mod" "$@")
     for o in "${outputs[@]}"; do [ -x "$dir/bin/$o" ] || fresh=; done
     if [ -n "$fresh" ] && [ "$(cat "$dir/$mod.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
@@ -93,6 +101,7 @@ build otelcol otelcol-lab -- -ldflags "-X main.version=$collector" .
 # remove_all_sd: Prometheus's own build tag that leaves out the
 # service-discovery plugins (cloud SDKs); static and file discovery stay.
 build prometheus prometheus promtool -- -tags remove_all_sd \
+    -ldflags "-X github.com/prometheus/common/version.Version=${prometheus#v}" \
     github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 build jaeger jaeger -- github.com/jaegertracing/jaeger/cmd/jaeger
 
