@@ -177,7 +177,9 @@ async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_
     let mut listing = Vec::new();
     for span in spans {
         listing.push(format!(
-            "{} {} kind={} status={} error.type={} service_b.degraded={} http.response.status_code={} duration={}us parent={}",
+            "span {} parent {} {} {} kind={} status={} error.type={} service_b.degraded={} http.response.status_code={} duration={}us",
+            span["spanID"].as_str().unwrap(),
+            span["references"][0]["spanID"].as_str().unwrap_or("-"),
             service_of(span),
             span["operationName"].as_str().unwrap(),
             tag(span, "span.kind").unwrap_or(&Value::Null),
@@ -186,7 +188,6 @@ async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_
             tag(span, "service_b.degraded").unwrap_or(&Value::Null),
             tag(span, "http.response.status_code").unwrap_or(&Value::Null),
             span["duration"],
-            span["references"][0]["spanID"].as_str().unwrap_or("-"),
         ));
     }
     let find = |service: &str, kind: &str| {
