@@ -9,10 +9,15 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
-# curl and pgrep drive the daemons in the shell tests below.
+# curl and pgrep drive the daemons in the shell tests below; Go builds the
+# observability stack; python3-yaml reads its YAML files, socat publishes its
+# ports, iproute2 makes its network namespaces.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v socat >/dev/null || missing+=(socat)
+command -v ip >/dev/null || missing+=(iproute2)
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
@@ -29,14 +34,26 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
-step "fetch Prometheus, promtool, vmagent and docker-compose from Debian trixie"
-LAB_TOOLS=$(.ci/fetch-trixie-tools)
+# The collector, Jaeger and Prometheus 3 (+ promtool) from their Go modules,
+# at the releases compose.yaml pins (cached in ~/.cache and Go's caches).
+step "build the observability stack (observability/build/build.sh)"
+LAB_TOOLS=$(observability/build/build.sh)
 export LAB_TOOLS
+# -trimpath as build.sh builds: vet reuses the compiled dependencies.
+step "go vet (observability/build/otelcol)"
+(cd observability/build/otelcol && PATH=$PATH:/usr/local/go/bin GOFLAGS=-buildvcs=false go vet -trimpath ./...)
 
 # --include-ignored: the tests that need those tools are ignored by a bare
-# `cargo test`; here they run.
+# `cargo test`; here they run. The stack_ tests need the running stack: next.
 step "cargo test --workspace"
-cargo test --workspace --locked -- --include-ignored
+cargo test --workspace --locked -- --include-ignored --skip stack_
+
+# The stack on the shipped configuration, in network namespaces wired as
+# compose wires it; the daemons at their telemetry defaults (about 5 min:
+# metrics are exported every 60 s by default).
+step "the observability stack, run for real (observability/netns-stack.sh)"
+$sudo observability/netns-stack.sh "$LAB_TOOLS" \
+    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture
 
 # The daemons in the tests export telemetry to a collector that refuses
 # connections; once more with one that accepts and never answers: no answer

@@ -1,8 +1,9 @@
-//! The metrics path through a real Prometheus: service-b and service-a send
-//! OTLP to vmagent, which remote-writes into Prometheus 2.53; PromQL over
-//! Prometheus's HTTP API must show what the test caused.
+//! The metrics path through a real Prometheus: service-b and service-a push
+//! OTLP straight into Prometheus 3's OTLP receiver, on the shipped
+//! `prometheus.yml`; PromQL over Prometheus's HTTP API must show what the
+//! test caused.
 //!
-//! Needs the binaries from `.ci/fetch-trixie-tools` in `LAB_TOOLS`, so it is
+//! Needs the binaries from `observability/build/build.sh` in `LAB_TOOLS`, so it is
 //! `#[ignore]`d for a bare `cargo test`; `./test.sh` runs it.
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
@@ -25,14 +26,17 @@ async fn daemon(name: &str, backend: &MetricsBackend, upstream: Option<&str>) ->
     builder.spawn().await
 }
 
+/// How long a pushed sample may take to show (the daemons push every 500 ms).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn total(samples: &[testkit::Sample]) -> f64 {
     samples.iter().map(|s| s.value).sum()
 }
 
 #[tokio::test]
-#[ignore = "needs prometheus and vmagent in LAB_TOOLS; ./test.sh runs it"]
+#[ignore = "needs prometheus in LAB_TOOLS; ./test.sh runs it"]
 async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
-    let backend = MetricsBackend::start(&[]).await;
+    let backend = MetricsBackend::start().await;
     let client = Client::new();
 
     // 5 good answers through a real service-a, then 3 refused once it stops.
@@ -59,6 +63,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     let refused = backend
         .wait_for(
             r#"sum(service_b_degraded_responses_total{error_type="connection_refused"})"#,
+            WAIT,
             |s| total(s) == 3.0,
         )
         .await;
@@ -67,6 +72,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     let timeouts = backend
         .wait_for(
             r#"sum(http_client_request_duration_seconds_count{service_name="service-b", error_type="timeout"})"#,
+            WAIT,
             |s| total(s) == 2.0,
         )
         .await;
@@ -75,6 +81,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     let by_kind = backend
         .wait_for(
             "sum by (error_type) (service_b_degraded_responses_total) > 0",
+            WAIT,
             |s| s.len() == 2,
         )
         .await;
@@ -95,6 +102,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     backend
         .wait_for(
             r#"sum(http_server_request_duration_seconds_count{service_name="service-b", http_route="/call-echo", http_response_status_code="200"})"#,
+            WAIT,
             |s| total(s) == 5.0,
         )
         .await;
@@ -102,6 +110,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     backend
         .wait_for(
             r#"sum(http_server_request_duration_seconds_count{service_name="service-a", http_route="/echo"})"#,
+            WAIT,
             |s| total(s) == 5.0,
         )
         .await;
@@ -111,6 +120,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     let p99 = backend
         .wait_for(
             r#"histogram_quantile(0.99, sum by (le) (http_server_request_duration_seconds_bucket{service_name="service-b", http_route="/call-echo"}))"#,
+            WAIT,
             |s| s.len() == 1 && s[0].value.is_finite(),
         )
         .await;

@@ -26,7 +26,9 @@ pub use client::{Client, Reply, get_in_process, request_in_process};
 pub use fake::{Behaviour, FakeUpstream, Recorded};
 pub use otlp::{Attr, OtlpReceiver, Point, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span};
 pub use process::{Exited, NotifyForm, Proc, ProcBuilder, Sig};
-pub use prom::{MetricsBackend, Sample, tools_dir};
+pub use prom::{
+    MetricsBackend, Prometheus, Sample, duration_secs, read_yaml, stack_dir, tools_dir,
+};
 
 /// Path of one of the workspace's binaries, next to the test executable,
 /// for a test that cannot name it with `env!("CARGO_BIN_EXE_<name>")` (that

@@ -126,6 +126,15 @@ impl ProcBuilder {
         self
     }
 
+    /// Telemetry at the daemons' defaults: no `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// so they export to `http://localhost:4318` (the observability stack's
+    /// published port, in `observability/netns-stack.sh`).
+    pub fn default_telemetry(mut self) -> Self {
+        self.envs
+            .retain(|(k, _)| k != "OTEL_EXPORTER_OTLP_ENDPOINT");
+        self
+    }
+
     /// Do not add `--listen 127.0.0.1:0` (the test sets the address itself).
     pub fn no_listen(mut self) -> Self {
         self.listen = false;
