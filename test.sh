@@ -59,7 +59,8 @@ $sudo observability/netns-stack.sh "$LAB_TOOLS" \
 # connections; once more with one that accepts and never answers: no answer
 # or latency the contract promises may change.
 step "contract tests again, with a black-holed OTLP collector"
-TESTKIT_OTLP=blackhole cargo test --workspace --locked --test processes
+TESTKIT_OTLP=blackhole cargo test --workspace --locked --test processes --test program --test faults \
+    -- --skip ten_thousand
 
 # Fuzzing, bounded: query decoding and the classifier of service-a's answers.
 step "fuzz (fuzz/run.sh, ${FUZZ_SECONDS:-30}s per target)"
