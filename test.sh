@@ -53,7 +53,13 @@ cargo test --workspace --locked -- --include-ignored --skip stack_
 # metrics are exported every 60 s by default).
 step "the observability stack, run for real (observability/netns-stack.sh)"
 $sudo observability/netns-stack.sh "$LAB_TOOLS" \
-    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture
+    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture --skip stack_faults
+# A fault on a tenth of service-a's answers, the traffic command for a
+# minute: degraded share, alert, tail sampling, span metrics, exemplars. A
+# stack of its own: its 5 m rate windows must hold its traffic only.
+step "the observability stack: faults on purpose (observability/netns-stack.sh)"
+$sudo observability/netns-stack.sh "$LAB_TOOLS" \
+    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture stack_faults
 
 # The daemons in the tests export telemetry to a collector that refuses
 # connections; once more with one that accepts and never answers: no answer

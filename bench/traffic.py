@@ -13,7 +13,9 @@ server span (`user_agent.original`), so synthetic traces can be told from
 real ones. Loopback or your own test hosts only.
 
 Exit status: 0 when the run completed (whatever the answers were), 2 for a
-bad flag. `--json` prints the summary as one JSON object instead of a table.
+bad flag. `--json` prints the summary as one JSON object instead of a table;
+`--trace-ids FILE` writes each degraded answer's kind and trace id, to look
+up in Jaeger.
 """
 
 import argparse
@@ -66,11 +68,13 @@ class Results:
     def __init__(self):
         self.lock = threading.Lock()
         self.by_outcome = {}
-        self.late = 0
+        self.traces = []  # (kind, trace_id, sampled) of each degraded answer
 
-    def add(self, status, kind, seconds):
+    def add(self, status, kind, seconds, trace=None):
         with self.lock:
             self.by_outcome.setdefault((status, kind), []).append(seconds)
+            if trace:
+                self.traces.append(trace)
 
     def snapshot(self):
         with self.lock:
@@ -84,7 +88,7 @@ def worker(target, path_and_query, timeout, jobs, results):
         if job is None:
             return
         started = time.monotonic()
-        status, kind = 0, "no_answer"
+        status, kind, trace = 0, "no_answer", None
         for attempt in (1, 2):
             try:
                 if conn is None:
@@ -96,7 +100,10 @@ def worker(target, path_and_query, timeout, jobs, results):
                 kind = "ok" if status == 200 else f"http_{status}"
                 if status == 503:
                     try:
-                        kind = json.loads(body).get("error", kind)
+                        answer = json.loads(body)
+                        kind = answer.get("error", kind)
+                        if answer.get("trace_id"):
+                            trace = (kind, answer["trace_id"], answer.get("trace_sampled"))
                     except ValueError:
                         pass
                 if response.getheader("connection", "").lower() == "close":
@@ -111,7 +118,7 @@ def worker(target, path_and_query, timeout, jobs, results):
                 # A kept-alive connection service-b closed: once more, fresh.
                 if attempt == 2 or isinstance(e, TimeoutError):
                     break
-        results.add(status, kind, time.monotonic() - started)
+        results.add(status, kind, time.monotonic() - started, trace)
 
 
 def table(outcomes):
@@ -152,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--msg", default="hello from lab-traffic", help="the msg to echo")
     parser.add_argument("--timeout", type=duration, default=10.0, help="per request (default 10s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--trace-ids", metavar="FILE",
+                        help="write each degraded answer's kind, trace id and whether it was sampled, "
+                             "one per line, to find them in Jaeger")
     args = parser.parse_args(argv)
 
     target = urllib.parse.urlsplit(args.url)
@@ -190,6 +200,10 @@ def main(argv=None):
     if live:
         print("\r" + progress_line(elapsed, total, results.snapshot()), file=sys.stderr)
 
+    if args.trace_ids:
+        with open(args.trace_ids, "w") as out:
+            for kind, trace_id, sampled in results.traces:
+                out.write(f"{kind} {trace_id} {'sampled' if sampled else 'not-sampled'}\n")
     answered, rows = table(results.snapshot())
     summary = {
         "url": args.url,

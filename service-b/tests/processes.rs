@@ -244,34 +244,6 @@ async fn every_degraded_answer_is_logged_at_warn_with_its_kind_and_status() {
     }
 }
 
-/// `bench/traffic.py` against service-b, its summary as JSON.
-async fn traffic(b: &Proc, args: &[&str]) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/traffic.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--url", &b.url(""), "--json"])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn count(summary: &serde_json::Value, kind: &str) -> u64 {
-    summary["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["kind"] == kind)
-        .map(|o| o["count"].as_u64().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_fault_file_makes_service_a_fail_a_share_of_requests_and_traffic_counts_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,9 +262,12 @@ async fn a_fault_file_makes_service_a_fail_a_share_of_requests_and_traffic_count
         .env("SERVICE_B_BREAKER_FAILURES", "0")
         .spawn()
         .await;
-    let summary = traffic(&b, &["--rate", "200", "--duration", "2s"]).await;
+    let summary = testkit::traffic(&b.url(""), &["--rate", "200", "--duration", "2s"]).await;
     assert_eq!(summary["answered"], 400, "{summary}");
-    let (ok, failed) = (count(&summary, "ok"), count(&summary, "upstream_status"));
+    let (ok, failed) = (
+        testkit::traffic_count(&summary, "ok"),
+        testkit::traffic_count(&summary, "upstream_status"),
+    );
     assert_eq!(ok + failed, 400, "{summary}");
     // Binomial, n = 400, p = 0.5: ±60 is more than six standard deviations.
     assert!((140..=260).contains(&failed), "{summary}");

@@ -227,3 +227,34 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
+
+/// Runs `bench/traffic.py` against service-b at `base_url` with `args`
+/// (`--rate`, `--duration`...) and returns its summary (`--json`).
+pub async fn traffic(base_url: &str, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/traffic.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--url", base_url, "--json"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "traffic.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// How many answers of `kind` (`ok`, `upstream_status`...) a [`traffic`]
+/// summary counts.
+pub fn traffic_count(summary: &serde_json::Value, kind: &str) -> u64 {
+    summary["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] == kind)
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum()
+}
