@@ -17,9 +17,24 @@ Plus idle and under-load RSS of each daemon, and exec-to-READY=1 time.
 Prints one table with absolute figures and the ratios, all from this run.
 Machines here are noisy: read the ratios, not the absolute numbers.
 Needs wrk and nginx (apt), Flask and requests (pip, into target/bench-venv).
+
+    bench/bench.py --instructions [--requests 2000] [--check | --write-baseline]
+
+The headline figure instead, repeatable on noisy machines: instructions per
+request, counted by callgrind (valgrind, apt) over every thread of the
+release daemon for --requests requests after a warm-up, start-up, warm-up and
+shut-down excluded (see instructions() below). Cases: service-b /call-echo
+with telemetry on (every request traced, exported to a local OTLP/HTTP sink,
+metrics recorded) and off, service-a /echo with telemetry on and off.
+--check compares with bench/instructions-baseline.json and fails when a
+figure is more than 10 % above it (CI runs this from test.sh);
+--write-baseline rewrites that file from this run.
 """
 
 import argparse
+import glob
+import http.client
+import http.server
 import json
 import os
 import re
@@ -261,6 +276,225 @@ def hung_server(port):
     return srv
 
 
+# ---------------------------------------------------------------- instructions per request
+
+BASELINE = os.path.join(ROOT, "bench", "instructions-baseline.json")
+TOLERANCE = 1.10  # --check fails above baseline x this
+CALL = "/call-echo?msg=hello+bench"
+ECHO = "/echo?msg=hello+bench"
+# key, label, daemon, path, telemetry on
+INSTRUCTION_CASES = [
+    ("b_on", "service-b /call-echo, telemetry on", "b", CALL, True),
+    ("b_off", "service-b /call-echo, telemetry off", "b", CALL, False),
+    ("a_on", "service-a /echo, telemetry on", "a", ECHO, True),
+    ("a_off", "service-a /echo, telemetry off", "a", ECHO, False),
+]
+
+
+def otlp_http_sink(port):
+    """An OTLP/HTTP receiver that reads every export and answers 200 with an
+    empty (valid) protobuf response; counts the exports per path."""
+    exports = {}
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            exports[self.path] = exports.get(self.path, 0) + 1
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer((HOST, port), Sink)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, exports
+
+
+class Client:
+    """`connections` keep-alive connections, each on a thread of its own,
+    that send GETs one after the other and insist on 200."""
+
+    def __init__(self, port, connections):
+        self.conns = [http.client.HTTPConnection(HOST, port, timeout=60) for _ in range(connections)]
+
+    def run(self, path, n):
+        failures = []
+
+        def send(conn, k):
+            try:
+                for _ in range(k):
+                    conn.request("GET", path)
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        failures.append(r.status)
+            except OSError as e:
+                failures.append(repr(e))
+
+        share = [n // len(self.conns) + (i < n % len(self.conns)) for i in range(len(self.conns))]
+        threads = [threading.Thread(target=send, args=(c, k)) for c, k in zip(self.conns, share)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            sys.exit(f"GET {path}: {len(failures)} of {n} requests failed, e.g. {failures[0]}")
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+
+
+def callgrind_control(pid, *args):
+    r = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"callgrind_control {' '.join(args)} {pid} failed:\n{r.stdout}{r.stderr}")
+
+
+def thousands(n):
+    return f"{n:,.0f}".replace(",", " ")
+
+
+def instructions_per_request(argv, env, port, path, args, tmp, key, settle):
+    """Runs the daemon under callgrind with instrumentation off through
+    start-up, switches it on, warms up (connections opened, pools filled,
+    spans of the warm-up exported), zeroes the counters, sends
+    args.requests requests over the same keep-alive connections, waits for
+    the telemetry they caused to be exported, and dumps. The dump covers
+    every thread of the daemon (callgrind sums them), so exporting and
+    metric recording on background threads count as well."""
+    out = os.path.join(tmp, f"callgrind.{key}")
+    with open(os.path.join(tmp, f"valgrind.{key}.log"), "w") as err:
+        p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                              f"--callgrind-out-file={out}", *argv],
+                             env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_http(port, p, timeout=120)
+        callgrind_control(p.pid, "-i", "on")
+        client = Client(port, args.instr_connections)
+        client.run(path, args.warmup)
+        time.sleep(settle)
+        callgrind_control(p.pid, "-z")
+        start = time.perf_counter()
+        client.run(path, args.requests)
+        elapsed = time.perf_counter() - start
+        time.sleep(settle)
+        callgrind_control(p.pid, "-d")
+        client.close()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    dumps = sorted(glob.glob(f"{out}.*"), key=lambda f: int(f.rsplit(".", 1)[1]))
+    if not dumps:
+        sys.exit(f"callgrind wrote no dump for {key}; see its log")
+    total = None
+    with open(dumps[0]) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        shutil.copy(dumps[0], os.path.join(args.keep, f"callgrind.out.{key}"))
+    log(f"  {key}: {thousands(total / args.requests)} instructions/request "
+        f"({args.requests} requests in {elapsed:.1f} s under callgrind)")
+    return total / args.requests
+
+
+def instructions(args):
+    ensure_valgrind()
+    for port in (PORTS["a"], PORTS["b"], PORTS["sink"]):
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                sys.exit(f"port {port} is in use; stop whatever holds it")
+    a_bin, b_bin = os.path.join(BIN, "service-a"), os.path.join(BIN, "service-b")
+    a_url = f"http://{HOST}:{PORTS['a']}"
+    sink, exports = otlp_http_sink(PORTS["sink"])
+    on = dict(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{HOST}:{PORTS['sink']}")
+    off = dict(OTEL_SDK_DISABLED="true")
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="bench-instructions-")
+    figures = {}
+    try:
+        # service-b's peer runs natively, telemetry off: only service-b is counted.
+        procs.start([a_bin, "--listen", f"{HOST}:{PORTS['a']}"], daemon_env(**off), PORTS["a"])
+        for key, label, daemon, path, telemetry in INSTRUCTION_CASES:
+            if args.cases and key not in args.cases:
+                continue
+            log(f"{label}: {args.warmup} requests to warm up, {args.requests} counted, "
+                f"{args.instr_connections} connection(s)")
+            if daemon == "b":
+                port = PORTS["b"]
+                argv = [b_bin, "--listen", f"{HOST}:{port}", "--service-a-url", a_url]
+            else:
+                port = PORTS["b"]  # a second service-a, on service-b's port
+                argv = [a_bin, "--listen", f"{HOST}:{port}"]
+            env = daemon_env(**(on if telemetry else off))
+            before = exports.get("/v1/traces", 0)
+            figures[key] = instructions_per_request(argv, env, port, path, args, tmp, key,
+                                                   args.settle if telemetry else 0.5)
+            if telemetry and exports.get("/v1/traces", 0) == before:
+                sys.exit(f"{label}: no trace export reached the sink")
+    finally:
+        procs.stop_all()
+        sink.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+def ensure_valgrind():
+    if not shutil.which("valgrind"):
+        log("installing valgrind")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "-q"], cwd=ROOT, check=True)
+
+
+def instructions_report(args, figures):
+    base = {}
+    if os.path.exists(BASELINE):
+        with open(BASELINE) as f:
+            base = json.load(f)
+    print(f"\nInstructions per request: callgrind, release build, {args.requests} requests after "
+          f"{args.warmup} to warm up, {args.instr_connections} keep-alive connection(s), every thread\n")
+    print("| case | instructions / request | baseline | change |")
+    print("|---|---:|---:|---:|")
+    worse = []
+    for key, label, *_ in INSTRUCTION_CASES:
+        if key not in figures:
+            continue
+        value, ref = figures[key], base.get(key)
+        change = f"{(value / ref - 1) * 100:+.1f} %" if ref else "-"
+        print(f"| {label} | {thousands(value)} | {thousands(ref) if ref else '-'} | {change} |")
+        if ref and value > ref * TOLERANCE:
+            worse.append(f"{label}: {thousands(value)} > {thousands(ref)} + {TOLERANCE * 100 - 100:.0f} %")
+    if args.write_baseline:
+        note = ("instructions per request, bench/bench.py --instructions; CI fails when a figure "
+                     "rises more than 10 % above these; rewrite: bench/bench.py --instructions --write-baseline")
+        new = {**base, "_": note, **{k: int(round(v, -2)) for k, v in figures.items()}}
+        with open(BASELINE, "w") as f:
+            json.dump(new, f, indent=2)
+            f.write("\n")
+        print(f"\nwrote {os.path.relpath(BASELINE, ROOT)}")
+    if args.check:
+        if not base:
+            sys.exit(f"--check: no baseline at {BASELINE}")
+        if worse:
+            print("\nFAIL, more than 10 % above bench/instructions-baseline.json:\n  " + "\n  ".join(worse))
+            sys.exit(1)
+        print("\nok: no figure more than 10 % above bench/instructions-baseline.json")
+
+
 # ---------------------------------------------------------------- the run
 
 def main():
@@ -270,7 +504,29 @@ def main():
     ap.add_argument("--hung-connections", type=int, default=1000, help="concurrent requests against a hung service-a")
     ap.add_argument("--skip-flask", action="store_true", help="leave out the Flask original")
     ap.add_argument("--json", help="also write the figures to this file")
+    g = ap.add_argument_group("instructions per request (callgrind)")
+    g.add_argument("--instructions", action="store_true", help="count instructions per request instead of wrk")
+    g.add_argument("--requests", type=int, default=2000, help="requests counted per case (default 2000)")
+    g.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
+    g.add_argument("--instr-connections", type=int, default=1, help="keep-alive connections (default 1)")
+    g.add_argument("--settle", type=float, default=6.0,
+                   help="seconds after warm-up and after the counted requests for the batch exporter "
+                        "(5 s schedule) to send what they traced (default 6)")
+    g.add_argument("--case", dest="cases", action="append", choices=[c[0] for c in INSTRUCTION_CASES],
+                   help="only this case (repeatable)")
+    g.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps here (for callgrind_annotate)")
+    g.add_argument("--check", action="store_true",
+                   help="fail when a figure is more than 10 %% above bench/instructions-baseline.json")
+    g.add_argument("--write-baseline", action="store_true", help="rewrite bench/instructions-baseline.json")
     args = ap.parse_args()
+
+    if args.instructions or args.check or args.write_baseline:
+        figures = instructions(args)
+        instructions_report(args, figures)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(figures, f, indent=2)
+        return
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
