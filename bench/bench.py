@@ -509,6 +509,9 @@ def by_crate(dump, requests, top=12):
         if "/libc.so" in obj:
             key = "libc malloc/free" if "malloc" in file else "libc mem*/str*" if re.search(r"mem|str", file) else "libc"
         else:
+            if re.match(r"_?mi_", fn):  # mimalloc's C functions
+                costs["mimalloc"] = costs.get("mimalloc", 0) + ir
+                continue
             parts = re.split(r"::|<| as ", fn.lstrip("<"))
             # core, alloc and std by module: core::fmt is formatting, core::ptr drops.
             key = "::".join(parts[:2]) if parts[0] in ("core", "alloc", "std") else parts[0] or fn
