@@ -11,13 +11,16 @@ sudo=
 
 # curl and pgrep drive the daemons in the shell tests below; Go builds the
 # observability stack; python3-yaml reads its YAML files, socat publishes its
-# ports, iproute2 makes its network namespaces.
+# ports, iproute2 makes its network namespaces; python3 and valgrind
+# (callgrind) count instructions per request.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v socat >/dev/null || missing+=(socat)
 command -v ip >/dev/null || missing+=(iproute2)
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+command -v python3 >/dev/null || missing+=(python3)
+command -v valgrind >/dev/null || missing+=(valgrind)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
@@ -76,6 +79,12 @@ fuzz/run.sh "${FUZZ_SECONDS:-30}"
 # The README's run command as a user runs it (builds the release binaries).
 step "run.sh (testkit/run-sh-test.sh)"
 testkit/run-sh-test.sh
+
+# Instructions per request under callgrind, on the release binaries run.sh
+# built: fails when a figure rises more than 10 % above
+# bench/instructions-baseline.json (README, Performance).
+step "instructions per request against the baseline (bench/bench.py --instructions --check)"
+bench/bench.py --instructions --check
 
 # Real systemd in a container: the units, installed by deploy/install.sh.
 step "systemd end to end (deploy/test-systemd.sh)"
