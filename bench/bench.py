@@ -547,7 +547,7 @@ def instructions(args):
             if daemon == "b":
                 port = PORTS["b"]
                 # A deadline valgrind's pace cannot miss: the counted path is the 200 one.
-                argv = [b_bin, "--listen", f"{HOST}:{port}", "--service-a-url", a_url, "--upstream-timeout", "10s"]
+                argv = [b_bin, "--listen", f"{HOST}:{port}", "--service-a-url", a_url, "--upstream-timeout", "10s", "--shutdown-timeout", "15s"]
             else:
                 port = PORTS["b"]  # a second service-a, on service-b's port
                 argv = [a_bin, "--listen", f"{HOST}:{port}"]

@@ -597,12 +597,26 @@ async fn stack_faults_a_tenth_of_answers_failing_on_purpose_is_counted_traced_an
         None,
     )
     .await;
+    // Prometheus sees a counter's increase only from its second sample on,
+    // and a series exists from its first request: a prelude with a good and a
+    // degraded answer, exported once, so that the minute of traffic is all
+    // increase (as on a system that has been running).
+    let client = Client::new();
+    let prelude = b.url("/call-echo?msg=prelude");
+    let mut statuses = BTreeSet::new();
+    while statuses.len() < 2 {
+        statuses.insert(client.get(&prelude).await.status);
+    }
+    prometheus
+        .wait_for(
+            r#"http_server_request_duration_seconds_count{service_name="service-b", http_route="/call-echo", http_response_status_code="503"}"#,
+            EXPORT,
+            |s| !s.is_empty(),
+        )
+        .await;
     let calls = r#"sum(traces_span_metrics_calls_total{service_name="service-b", span_kind="SPAN_KIND_SERVER", span_name="GET /call-echo"})"#;
-    let calls_before = prometheus
-        .query(calls)
-        .await
-        .first()
-        .map_or(0.0, |s| s.value);
+    // The prelude's spans, counted once the connector has flushed them.
+    let calls_before = prometheus.wait_for(calls, EXPORT, |s| !s.is_empty()).await[0].value;
 
     // A minute of steady traffic, as a user fills the dashboards.
     let traces = dir.path().join("traces");
