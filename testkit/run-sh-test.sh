@@ -67,8 +67,11 @@ group=$!
 set +m
 
 # The first run may compile for minutes.
-until_ok 900 curl -sf --max-time 1 http://127.0.0.1:8081/health \
-    || { cat "$log" >&2; fail "service-b never answered /health"; }
+# run.sh has exited (a zombie until waited for).
+gone() { case "$(ps -o stat= -p "$group")" in '' | Z*) return 0 ;; *) return 1 ;; esac; }
+up_or_gone() { curl -sf --max-time 1 http://127.0.0.1:8081/health || gone; }
+until_ok 900 up_or_gone && ! gone \
+    || { cat "$log" >&2; fail "service-b never answered /health (or run.sh exited)"; }
 until_ok 10 curl -sf --max-time 1 http://127.0.0.1:8080/health \
     || fail "service-a never answered /health"
 
