@@ -86,8 +86,21 @@ testkit/run-sh-test.sh
 step "instructions per request against the baseline (bench/bench.py --instructions --check)"
 bench/bench.py --instructions --check
 
-# Real systemd in a container: the units, installed by deploy/install.sh.
+# The Debian package, with the README's command (the release binaries are
+# there from run.sh, so nothing is compiled again), and the same once more
+# as a later revision: the upgrade that test-systemd.sh installs over it.
+step "Debian package (cargo deb -p service-b)"
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+rm -rf target/debian target/debian-test
+cargo deb -p service-b --locked
+mkdir -p target/debian-test
+cp target/debian/two-service-lab_*.deb target/debian-test/
+# (cargo deb removes older builds from target/debian, hence the copy)
+cargo deb -p service-b --locked --no-build --deb-revision 2 -o target/debian-test/
+
+# Real systemd in containers: the units, deploy/install.sh as root and as a
+# user with sudo, the .deb through apt.
 step "systemd end to end (deploy/test-systemd.sh)"
-$sudo deploy/test-systemd.sh --binaries target/debug
+$sudo deploy/test-systemd.sh --binaries target/debug --debs target/debian-test
 
 step "all tests passed"

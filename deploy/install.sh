@@ -5,16 +5,22 @@
 #
 #   sudo deploy/install.sh                      build (release), install, enable, start
 #   sudo deploy/install.sh --binaries DIR       install the binaries in DIR instead of building
-#   sudo deploy/install.sh --socket-activation  also enable service-a.socket and service-b.socket
+#   sudo deploy/install.sh --socket-activation  with service-a.socket and service-b.socket
+#                                               (run without it to go back: one mode is enabled)
 #   sudo deploy/install.sh --no-start           install and enable, but start nothing
 #   sudo deploy/install.sh --uninstall          stop, disable and remove units and binaries
 #   sudo deploy/install.sh --uninstall --purge  ... and /etc/default/service-{a,b} too
 #
+# The build runs as the user who called sudo (or who owns the checkout),
+# with that user's Rust toolchain: their login PATH, then ~/.cargo/bin
+# (where rustup puts it). Nothing is built as root in their tree.
+#
 # What goes where:
 #   /usr/local/bin/service-{a,b}                  the daemons
 #   /etc/systemd/system/service-{a,b}.{service,socket}
-#   /etc/default/service-{a,b}                    settings (created once, then yours)
-set -euo pipefail
+#   /etc/default/service-{a,b}                    settings: created once, then yours;
+#                                                 root:root 0640 (they may hold an API key)
+set -Eeuo pipefail # -E: the ERR trap below reports failures in functions too
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -31,6 +37,8 @@ purge=no
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+# Whatever else fails says what it was.
+trap 'say "failed (exit $?): $BASH_COMMAND"' ERR
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,7 +47,7 @@ while [ $# -gt 0 ]; do
         --no-start) start=no ;;
         --uninstall) mode=uninstall ;;
         --purge) purge=yes ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -58,7 +66,13 @@ uninstall() {
         for u in $(units_of "$d"); do units+=("$u"); done
     done
     say "stopping and disabling ${units[*]}"
-    systemctl disable --now "${units[@]}" 2>/dev/null || true
+    local loaded=()
+    for u in "${units[@]}"; do
+        [ "$(systemctl show -p LoadState --value "$u")" = loaded ] && loaded+=("$u")
+    done
+    if [ "${#loaded[@]}" -gt 0 ]; then
+        systemctl disable --quiet --now "${loaded[@]}" || die "systemctl disable --now ${loaded[*]} failed"
+    fi
     for d in "${daemons[@]}"; do
         for u in $(units_of "$d"); do rm -f "$unit_dir/$u"; done
         rm -f "$bin_dir/$d"
@@ -73,21 +87,61 @@ uninstall() {
     say "uninstalled"
 }
 
-# KEY=value lines of an EnvironmentFile, as systemd reads them (comments and
-# blank lines skipped, one pair of surrounding quotes removed).
-env_file_vars() {
-    local line key value
-    while IFS= read -r line || [ -n "$line" ]; do
-        line=${line#"${line%%[![:space:]]*}"}
-        case "$line" in ''|'#'*|';'*) continue ;; esac
-        key=${line%%=*}
-        value=${line#*=}
-        case "$value" in
-            \"*\") value=${value:1:${#value}-2} ;;
-            \'*\') value=${value:1:${#value}-2} ;;
+# Runs "$1 --check-config" with the environment the unit $2 gives it: its
+# EnvironmentFile= and Environment= settings (drop-ins included), read by
+# systemd itself, so the check sees exactly what the daemon will see.
+check_config() {
+    local bin=$1 unit=$2 props=() file
+    while IFS= read -r file; do
+        [ -n "$file" ] || continue
+        case "$file" in
+            *' (ignore_errors=yes)') props+=(-p "EnvironmentFile=-${file% (ignore_errors=yes)}") ;;
+            *) props+=(-p "EnvironmentFile=${file% (ignore_errors=no)}") ;;
         esac
-        printf '%s=%s\n' "$key" "$value"
-    done < "$1"
+    done < <(systemctl show -p EnvironmentFiles --value "$unit")
+    local env
+    env=$(systemctl show -p Environment --value "$unit")
+    [ -z "$env" ] || props+=(-p "Environment=$env")
+    systemd-run --quiet --wait --pipe --collect --service-type=exec -p DynamicUser=yes \
+        "${props[@]}" "$bin" --check-config >/dev/null </dev/null
+}
+
+# The owner of a settings file is root, and only root and its group read it
+# (it may hold OTEL_EXPORTER_OTLP_HEADERS with an API key). Modes are only
+# ever tightened; the content is never touched.
+secure_settings() {
+    local f=$1 before
+    before=$(stat -c '%U:%G %a' "$f")
+    chown 0:0 "$f"
+    chmod u-x,g-wx,o-rwx "$f"
+    [ "$before" = "$(stat -c '%U:%G %a' "$f")" ] ||
+        say "$f was $before, now $(stat -c '%U:%G %a' "$f")"
+}
+
+# Builds the release binaries as $1 with $1's own toolchain, into the
+# checkout's target/; prints nothing but what cargo says.
+build_as() {
+    local user=$1 home
+    home=$(getent passwd "$user" | cut -d: -f6)
+    [ -n "$home" ] || die "cannot build: no home directory for user $user"
+    # A login shell reads the user's profile (rustup's ~/.cargo/env among
+    # others); ~/.cargo/bin is added in case the profile does not.
+    # shellcheck disable=SC2016 # expanded by the user's shell
+    local probe='PATH="$PATH:$HOME/.cargo/bin"; command -v cargo'
+    local cargo
+    if ! cargo=$(runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
+        PATH=/usr/local/bin:/usr/bin:/bin bash -lc "$probe" </dev/null 2>/dev/null); then
+        die "no Rust toolchain for $user: cargo is neither on $user's login PATH nor in $home/.cargo/bin.
+  Install one as $user (not with sudo): see https://rustup.rs, then run this again.
+  Or install the binaries built elsewhere: sudo $0 --binaries DIR (or the .deb; see the README)."
+    fi
+    cargo=${cargo##*$'\n'} # the last line: a profile may print too
+    say "building release binaries as $user with $cargo"
+    # shellcheck disable=SC2016 # expanded by the user's shell
+    runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
+        PATH=/usr/local/bin:/usr/bin:/bin bash -lc 'PATH="$PATH:$HOME/.cargo/bin"; cd "$1" &&
+            exec cargo build --release --locked --bins --target-dir "$1/target"' _ "$repo" </dev/null ||
+        die "cargo build failed (as $user, in $repo); the lines above say why"
 }
 
 # Copies $1 to $2 with mode $3 unless identical; returns 0 if it changed.
@@ -101,15 +155,16 @@ place() {
 }
 
 install_all() {
+    # The .deb installs the same units; two copies of them would shadow each other.
+    if dpkg-query -W -f '${db:Status-Status}' two-service-lab 2>/dev/null | grep -qx installed; then
+        die "the two-service-lab package is installed: use it (upgrade with a newer .deb), or remove it first (sudo apt remove two-service-lab)"
+    fi
     if [ -z "$binaries" ]; then
-        command -v cargo >/dev/null || die "cargo not found: install Rust, or pass --binaries DIR"
-        say "building release binaries"
-        # Build as the user who called sudo, so target/ stays theirs.
-        if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-            sudo -u "$SUDO_USER" -H cargo build --release --locked --bins --manifest-path "$repo/Cargo.toml"
-        else
-            cargo build --release --locked --bins --manifest-path "$repo/Cargo.toml"
-        fi
+        # The user who called sudo; else whoever owns the checkout (root only
+        # in root's own tree).
+        local builder=${SUDO_USER:-}
+        [ -n "$builder" ] && [ "$builder" != root ] || builder=$(stat -c %U "$repo")
+        build_as "$builder"
         binaries="$repo/target/release"
     fi
     for d in "${daemons[@]}"; do
@@ -127,26 +182,42 @@ install_all() {
             cmp -s "$here/default-$d" "$default_dir/$d" ||
                 say "kept your $default_dir/$d (the shipped one is $here/default-$d)"
         else
-            place "$here/default-$d" "$default_dir/$d" 0644 || true
+            place "$here/default-$d" "$default_dir/$d" 0640 || true
         fi
+        secure_settings "$default_dir/$d"
         [ "$touched" = yes ] && changed+=("$d")
     done
     systemctl daemon-reload
 
-    # Check the settings now, with the installed binary and only the
-    # variables systemd will pass, so a bad file is reported here and not as
-    # a unit that fails to start.
+    # Check the settings now, with the installed binary and the environment
+    # systemd will give it, so a bad file is reported here and not as a unit
+    # that fails to start (or a running one that fails to restart).
     for d in "${daemons[@]}"; do
-        mapfile -t vars < <(env_file_vars "$default_dir/$d")
-        env -i "${vars[@]}" "$bin_dir/$d" --check-config >/dev/null ||
+        check_config "$bin_dir/$d" "$d.service" ||
             die "$default_dir/$d has a bad setting (see the line above); fix it and run again"
     done
 
-    local enable=(service-a.service service-b.service)
+    # Exactly one mode is enabled: the sockets are enabled with
+    # --socket-activation and disabled without it.
+    local enable=(service-a.service service-b.service) sockets=(service-a.socket service-b.socket)
     if [ "$socket_activation" = yes ]; then
-        enable+=(service-a.socket service-b.socket)
+        enable+=("${sockets[@]}")
+    else
+        local was_socket=()
+        for u in "${sockets[@]}"; do
+            if systemctl is-enabled --quiet "$u" || systemctl is-active --quiet "$u"; then
+                was_socket+=("$u")
+            fi
+        done
+        if [ "${#was_socket[@]}" -gt 0 ]; then
+            systemctl disable --quiet --now "${was_socket[@]}" ||
+                die "systemctl disable --now ${was_socket[*]} failed"
+            say "disabled and stopped ${was_socket[*]} (no --socket-activation)"
+            # A daemon still serving the socket systemd passed it binds its own now.
+            for u in "${was_socket[@]}"; do changed+=("${u%.socket}"); done
+        fi
     fi
-    systemctl enable "${enable[@]}" >/dev/null 2>&1
+    systemctl enable --quiet "${enable[@]}" || die "systemctl enable ${enable[*]} failed"
     say "enabled ${enable[*]}"
     [ "$start" = yes ] || { say "not started (--no-start)"; return; }
 
@@ -157,16 +228,20 @@ install_all() {
                 systemctl stop "$d.service"
             fi
         done
-        systemctl start service-a.socket service-b.socket
+        systemctl start service-a.socket service-b.socket ||
+            die "systemctl start service-a.socket service-b.socket failed (is the port in use? systemctl status service-a.socket service-b.socket)"
     fi
     # An upgrade restarts what changed; anything else is started if it is not running.
-    for d in "${changed[@]}"; do
+    local d
+    for d in $(printf '%s\n' "${changed[@]}" | sort -u); do
         if systemctl is-active --quiet "$d.service"; then
-            say "restarting $d (new binary or unit)"
-            systemctl restart "$d.service"
+            say "restarting $d (new binary or unit, or another mode)"
+            systemctl restart "$d.service" ||
+                die "systemctl restart $d failed; see: journalctl -u $d -n 20"
         fi
     done
-    systemctl start service-a.service service-b.service
+    systemctl start service-a.service service-b.service ||
+        die "systemctl start service-a service-b failed; see: systemctl status service-a service-b; journalctl -u service-a -u service-b -n 20"
     say "running: $(systemctl is-active service-a.service) / $(systemctl is-active service-b.service)"
     say "try: curl 'http://127.0.0.1:8081/call-echo?msg=hello'"
 }

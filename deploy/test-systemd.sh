@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
 # End-to-end test of the units under a real systemd: boots this machine's own
-# systemd in a container (systemd-nspawn --volatile=yes, sharing the host's
-# network), installs with deploy/install.sh as a user would, and checks what a
-# user of `systemctl` would notice. Needs root. Cleans up after itself, pass
-# or fail, and gives up after 300 s whatever hangs.
+# systemd in containers (systemd-nspawn, sharing the host's network), installs
+# as users do, and checks what a user of `systemctl` would notice:
+#   1-6  deploy/install.sh --binaries in an empty system (--volatile=yes): the
+#        units' behaviour (notify, watchdog, sockets, journal, hardening);
+#   7-11 in a copy of this system (an in-memory overlay of it): a user with sudo and
+#        a rustup toolchain runs `sudo deploy/install.sh` from a checkout;
+#        modes; a user without a toolchain; two hosts (network namespaces);
+#   12-14 in a fresh copy: the .deb installed, reinstalled, upgraded,
+#        removed and purged with apt.
+# Needs root. Cleans up after itself, pass or fail, and gives up after 1200 s
+# whatever hangs.
 #
-#   deploy/test-systemd.sh [--binaries DIR]   default: target/release (built if missing)
+#   deploy/test-systemd.sh [--binaries DIR] [--debs DIR]
+#     --binaries: default target/release (built if missing)
+#     --debs: two-service-lab_*.deb files (cargo deb -p service-b); the lowest
+#             version is installed first, the highest is the upgrade
 #
 # The container shares the host's network: nothing else may listen on
 # 127.0.0.1:8080 or :8081 while it runs (it checks, and stops if so).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-limit=${TEST_SYSTEMD_TIMEOUT:-300} # seconds for the whole run
+limit=${TEST_SYSTEMD_TIMEOUT:-1200} # seconds for the whole run
 binaries=""
+debs=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --binaries) binaries=$(cd "${2:?--binaries needs a directory}" && pwd); shift ;;
-        *) echo "usage: $0 [--binaries DIR]" >&2; exit 2 ;;
+        --debs) debs=$(cd "${2:?--debs needs a directory}" && pwd); shift ;;
+        *) echo "usage: $0 [--binaries DIR] [--debs DIR]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -28,6 +40,8 @@ command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v nsenter >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v sudo >/dev/null || missing+=(sudo)     # the users of check 7
+command -v ip >/dev/null || missing+=(iproute2)   # the two hosts of check 11
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test-systemd.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -63,9 +77,9 @@ stop_container() {
     [ -n "$nspawn_pid" ] || return 0
     if kill -0 "$nspawn_pid" 2>/dev/null; then
         kill -TERM "$nspawn_pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 150); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$nspawn_pid" 2>/dev/null; then
-            echo "test-systemd.sh: container did not halt in 5 s; SIGKILL" >&2
+            echo "test-systemd.sh: container did not halt in 15 s; SIGKILL" >&2
             kill -KILL "$nspawn_pid" 2>/dev/null || true
         fi
     fi
@@ -121,17 +135,15 @@ expect() { # expect DESCRIPTION COMMAND...: PASS if the command succeeds
 elapsed_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }'; }
 
 # ---------------------------------------------------------------- boot
-# --volatile=yes: / and /etc are an empty tmpfs, /usr is the host's, read-only.
-# --tmpfs=/usr/local gives install.sh a writable /usr/local/bin (empty at
-# first), so the units' ExecStart=/usr/local/bin/... works unchanged.
+# Units the host enables are masked in the containers: with the host's own
+# /etc (an overlay of it) they would start there too, on the shared
+# network (a database, timers that run apt).
+masks=()
+for link in /etc/systemd/system/*.wants/* /etc/systemd/system/*.requires/*; do
+    [ -L "$link" ] || [ -e "$link" ] || continue
+    masks+=("systemd.mask=${link##*/}")
+done
 echo 'disable *' > "$work/disable.preset"
-systemd-nspawn -D / --volatile=yes --register=no --keep-unit -M "$machine" \
-    --tmpfs=/usr/local \
-    --bind-ro="$repo:/lab" --bind-ro="$binaries:/lab-bin" \
-    --bind-ro="$work/disable.preset:/etc/systemd/system-preset/00-disable.preset" \
-    --console=pipe -b systemd.condition-first-boot=false </dev/null >"$work/boot.log" 2>&1 &
-nspawn_pid=$!
-echo "$nspawn_pid" > "$work/nspawn.pid"
 
 # The container's init: a "systemd" child (or grandchild, depending on the
 # nspawn version) of the nspawn process.
@@ -143,27 +155,86 @@ find_init() {
     done
     return 1
 }
-init_pid=""
-for _ in $(seq 300); do
-    kill -0 "$nspawn_pid" 2>/dev/null || break
-    init_pid=$(find_init | head -n1 || true)
-    [ -n "$init_pid" ] && [ -S "/proc/$init_pid/root/run/systemd/private" ] && break
-    sleep 0.1
-done
-if [ -z "$init_pid" ] || [ ! -S "/proc/$init_pid/root/run/systemd/private" ]; then
-    cat "$work/boot.log"
-    echo "test-systemd.sh: the container did not boot" >&2
-    exit 1
-fi
+
+# boot LABEL [--host-overlay] NSPAWN-OPTION...: boots this machine's own
+# systemd in a container sharing the host's network; sets nspawn_pid and
+# init_pid. --host-overlay: the container's / is this machine's, under a
+# writable in-memory overlay (nspawn refuses --volatile=overlay on /, so the
+# overlay is mounted here, in a mount namespace that ends with the container).
+boot() {
+    local label=$1 t state dir=/ launcher=()
+    # An empty /etc: first boot, whose presets would enable and start all
+    # that is installed; "disable *" stops that.
+    local preset=(--bind-ro="$work/disable.preset:/etc/systemd/system-preset/00-disable.preset")
+    shift
+    if [ "${1:-}" = --host-overlay ]; then
+        shift
+        # This machine's /etc: no first boot. (The preset would also make
+        # deb-systemd-helper leave the package's units disabled.)
+        preset=()
+        dir=$work/root-$label
+        # IPAddressDeny= is a BPF program on the unit's cgroup: it needs
+        # cgroup v2 inside, whatever the host runs, and the bpf() system call,
+        # which nspawn filters out by default. Check 11 tests it.
+        export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+        set -- --system-call-filter=bpf "$@"
+        mkdir -p "$dir" "$work/rw-$label"
+        # shellcheck disable=SC2016 # expanded by that sh
+        launcher=(unshare -m --propagation private sh -c '
+            mount -t tmpfs lab-rw "$1" && mkdir "$1/upper" "$1/work" &&
+            mount -t overlay lab-root -o "lowerdir=/,upperdir=$1/upper,workdir=$1/work" "$2" &&
+            shift 2 && exec "$@"' _ "$work/rw-$label" "$dir")
+    fi
+    t=$(date +%s.%N)
+    "${launcher[@]}" systemd-nspawn -D "$dir" --register=no --keep-unit -M "$machine-$label" "$@" "${preset[@]}" \
+        --console=pipe -b systemd.condition-first-boot=false "${masks[@]}" \
+        </dev/null >"$work/boot-$label.log" 2>&1 &
+    nspawn_pid=$!
+    unset SYSTEMD_NSPAWN_UNIFIED_HIERARCHY
+    echo "$nspawn_pid" > "$work/nspawn.pid"
+    init_pid=""
+    for _ in $(seq 300); do
+        kill -0 "$nspawn_pid" 2>/dev/null || break
+        init_pid=$(find_init | head -n1 || true)
+        [ -n "$init_pid" ] && [ -S "/proc/$init_pid/root/run/systemd/private" ] && break
+        sleep 0.1
+    done
+    if [ -z "$init_pid" ] || [ ! -S "/proc/$init_pid/root/run/systemd/private" ]; then
+        cat "$work/boot-$label.log"
+        echo "test-systemd.sh: the container did not boot" >&2
+        exit 1
+    fi
+    state=$(ct systemctl is-system-running --wait || true)
+    echo "container $machine-$label booted in $(elapsed_since "$t")s (init pid $init_pid, state: $state)"
+    case "$state" in
+        running|degraded) ;;
+        *) ct systemctl --failed --no-pager || true; echo "test-systemd.sh: system state $state" >&2; exit 1 ;;
+    esac
+    # A unit that stops cleanly and that nothing references is unloaded at
+    # once, and `systemctl show` then reports Result=success even if it never
+    # ran. This started target references every unit under test, so they stay
+    # loaded.
+    ct sh -c 'mkdir -p /run/systemd/system && cat > /run/systemd/system/lab-keep.target' <<'EOF'
+[Unit]
+Description=keeps the units under test loaded (test-systemd.sh)
+After=service-a.service service-b.service service-a.socket service-b.socket
+EOF
+    ct systemctl daemon-reload
+    ct systemctl start lab-keep.target
+    # A container image's policy-rc.d (101: start nothing during apt runs)
+    # is no part of a VM; it goes, in the container only.
+    [ "$dir" = / ] || ct rm -f /usr/sbin/policy-rc.d
+}
 
 # Runs a command inside the container, bounded (nsenter passes no signals on).
 ct() { nsenter -t "$init_pid" -a timeout 60 "$@"; }
-state=$(ct systemctl is-system-running --wait || true)
-echo "container $machine booted in $(elapsed_since "$t0")s (init pid $init_pid, state: $state)"
-case "$state" in
-    running|degraded) ;;
-    *) ct systemctl --failed --no-pager || true; echo "test-systemd.sh: system state $state" >&2; exit 1 ;;
-esac
+# The same with a longer bound: ctt SECONDS COMMAND...
+ctt() { local limit=$1; shift; nsenter -t "$init_pid" -a timeout "$limit" "$@"; }
+
+# --volatile=yes: / and /etc are an empty tmpfs, /usr is the host's, read-only.
+# --tmpfs=/usr/local gives install.sh a writable /usr/local/bin (empty at
+# first), so the units find /usr/local/bin/service-{a,b}.
+boot empty --volatile=yes --tmpfs=/usr/local --bind-ro="$repo:/lab" --bind-ro="$binaries:/lab-bin"
 
 show() { ct systemctl show -p "$2" --value "$1"; }
 code() { curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$1" || true; }
@@ -173,17 +244,6 @@ B=http://127.0.0.1:8081
 A=http://127.0.0.1:8080
 export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost # curl straight to the daemons
 
-# A unit that stops cleanly and that nothing references is unloaded at once,
-# and `systemctl show` then reports Result=success even if it never ran. This
-# started target references every unit under test, so they stay loaded.
-ct sh -c 'mkdir -p /run/systemd/system && cat > /run/systemd/system/lab-keep.target' <<'EOF'
-[Unit]
-Description=keeps the units under test loaded (test-systemd.sh)
-After=service-a.service service-b.service service-a.socket service-b.socket
-EOF
-ct systemctl daemon-reload
-ct systemctl start lab-keep.target
-
 # ---------------------------------------------------------------- install
 say "install, as a user would: deploy/install.sh --binaries DIR"
 ct /lab/deploy/install.sh --binaries /lab-bin --no-start
@@ -192,6 +252,8 @@ expect "install.sh put the binaries, units and settings in place" \
     -a -f /etc/systemd/system/service-a.service -a -f /etc/systemd/system/service-b.service \
     -a -f /etc/default/service-a -a -f /etc/default/service-b
 expect "both units enabled" test "$(ct systemctl is-enabled service-a.service service-b.service | tr '\n' ' ')" = "enabled enabled "
+settings=$(ct stat -c '%U:%G %a' /etc/default/service-a /etc/default/service-b | tr '\n' ' ')
+expect "settings files root:root 0640 ($settings)" test "$settings" = "root:root 640 root:root 640 "
 ct sh -c 'echo "# edited by the user" >> /etc/default/service-b'
 again=$(ct /lab/deploy/install.sh --binaries /lab-bin --no-start 2>&1)
 expect "running install.sh again changes nothing and keeps an edited settings file" \
@@ -453,6 +515,7 @@ fi
 why=$(ct journalctl -u service-a -o cat --no-pager -n 20 | grep -F 'invalid value' | tail -n1 || true)
 expect "the journal names the setting ($why)" contains "$why" '--listen / SERVICE_A_LISTEN'
 refusal=$(ct /lab/deploy/install.sh --binaries /lab-bin 2>&1 || true)
+printf '%s\n' "$refusal" | tail -n 2
 expect "install.sh refuses the bad file too" contains "$refusal" "/etc/default/service-a has a bad setting"
 ct sed -i '/^SERVICE_A_LISTEN=nonsense$/d' /etc/default/service-a
 ct systemctl restart service-a
@@ -469,6 +532,213 @@ expect "no unit left for systemd (LoadState: $load_states)" test "$load_states" 
 expect "nothing listens any more" test "$(code $A/health)$(code $B/health)" = 000000
 ct /lab/deploy/install.sh --uninstall --purge
 expect "--purge removes the settings" ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b'
+
+stop_container
+
+# ---------------------------------------------------------------- users
+# This machine's whole system under a writable in-memory overlay (its users,
+# sudo, apt and dpkg database; nothing persists): a VM where a user with
+# sudo installs from a checkout.
+say "7. a user with sudo and a rustup toolchain in ~/.cargo/bin: sudo deploy/install.sh"
+boot users --host-overlay --private-network
+# Its own network (loopback only): nothing here needs the host's ports.
+ct_code() { ct curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$1" || true; }
+settings() { ct stat -c '%U:%G %a' /etc/default/service-a /etc/default/service-b | tr '\n' ' '; }
+# alice: her own toolchain, this machine's rustup toolchain made hers (an
+# overlay of it, owned by her) with rustup's proxies in her ~/.cargo/bin,
+# which is not on her PATH (as after a rustup install that left the profile
+# alone). Her ~/.profile points cargo at this machine's cargo home, offline:
+# its registry, and paths that match the fingerprints of this machine's
+# release build, so that the dependencies copied into her target/ count as
+# built and she compiles and links service-kit, service-a and service-b
+# only (minutes, not a whole release build).
+# This machine's toolchain: root's, or (under sudo) the calling user's.
+cargo_bin=$(dirname "$(command -v cargo || echo "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin/cargo")")
+rustup_home=$("$cargo_bin/rustup" show home) ||
+    { echo "test-systemd.sh: no rustup toolchain found (cargo on PATH, or ~${SUDO_USER:-root}/.cargo/bin)" >&2; exit 1; }
+cargo_home=$(dirname "$cargo_bin")
+toolchain=$(basename "$("$cargo_bin/rustc" --print sysroot)")
+ct useradd -m -s /bin/bash alice
+ct sh -c 'echo "alice ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/alice && chmod 0440 /etc/sudoers.d/alice'
+ct sh -ec '
+    mkdir -p /home/alice/.cargo /home/alice/.rustup /run/lab-rustup/upper /run/lab-rustup/work
+    cp -a "$1/bin" /home/alice/.cargo/
+    chown -R alice: /home/alice/.cargo
+    printf "export CARGO_HOME=%s CARGO_NET_OFFLINE=true\n" "$1" >> /home/alice/.profile
+    # (in this throw-away copy only: she may read and lock that cargo home)
+    d=$1; while [ "$d" != / ]; do chmod o+x "$d"; d=$(dirname "$d"); done
+    chmod o+w "$1"; chmod -R o+rwX "$1/registry/index" "$1/registry/cache"
+    mount -t overlay lab-rustup -o "lowerdir=$2,upperdir=/run/lab-rustup/upper,workdir=/run/lab-rustup/work,metacopy=on" /home/alice/.rustup
+    # Hers: ~/.rustup, its settings and the toolchain she uses (its 50 000
+    # files of docs aside: they stay readable).
+    cd /home/alice/.rustup
+    chown alice: . toolchains
+    find . -mindepth 1 -maxdepth 1 ! -name toolchains -exec chown alice: {} +
+    find "toolchains/$3" -path "*/share" -prune -o -exec chown alice: {} +' _ "$cargo_home" "$rustup_home" "$toolchain"
+checkout() { # checkout USER: this tree, as git knows it, in ~USER/lab
+    (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
+        nsenter -t "$init_pid" -a timeout 60 runuser -u "$1" -- sh -c "mkdir -p ~$1/lab && tar -C ~$1/lab -xf -"
+}
+checkout alice
+# Her target/: this machine's release build without anything of service-kit,
+# service-a or service-b, copied as hers.
+if [ -d "$repo/target/release/deps" ]; then
+    tar -C "$repo/target" -cf - --exclude='release/deps/*service_[ab]*' --exclude='release/deps/*service_kit*' \
+        --exclude='release/.fingerprint/service-*' --exclude='release/service-[ab]*' \
+        release/deps release/build release/.fingerprint |
+        nsenter -t "$init_pid" -a timeout 300 runuser -u alice -- sh -c 'mkdir -p ~alice/lab/target && tar -C ~alice/lab/target -xf -'
+fi
+t=$(date +%s.%N)
+out=$(ctt 900 su - alice -c 'cd lab && sudo deploy/install.sh' 2>&1) && rc=0 || rc=$?
+printf '%s\n' "$out" | grep -v '^ *Compiling' | tail -n 12
+expect "sudo deploy/install.sh as alice exits 0 after $(elapsed_since "$t")s (exit $rc)" test "$rc" = 0
+expect "it built as alice with her ~/.cargo/bin/cargo" contains "$out" "building release binaries as alice with /home/alice/.cargo/bin/cargo"
+expect "cargo compiled service-a and service-b for her" \
+    sh -c 'printf "%s" "$1" | grep -q "Compiling service-a" && printf "%s" "$1" | grep -q "Compiling service-b"' _ "$out"
+for d in service-a service-b; do
+    expect "/usr/local/bin/$d is the one alice built: $(ct stat -c '%n %U' "/home/alice/lab/target/release/$d")" \
+        ct sh -c "[ \"\$(stat -c %U /home/alice/lab/target/release/$d)\" = alice ] &&
+            cmp -s /home/alice/lab/target/release/$d /usr/local/bin/$d"
+done
+expect "nothing of root's in her tree" test -z "$(ct find /home/alice/lab -not -user alice -print -quit)"
+expect "both active: $(show service-a ActiveState) $(show service-b ActiveState)" \
+    test "$(show service-a ActiveState) $(show service-b ActiveState)" = "active active"
+hello=$(ct curl -s --max-time 5 -w ' %{http_code}' "$B/call-echo?msg=alice" || true)
+expect "curl through service-b: $hello" test "$hello" = '{"service_b":"ok","service_a":{"echo":"alice"}} 200'
+expect "settings after sudo install.sh: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+
+say "8. again, as alice: nothing restarts; a loose settings file is tightened, never edited"
+ct chmod 0644 /etc/default/service-b
+sum=$(ct sha256sum /etc/default/service-b)
+pids="$(show service-a MainPID) $(show service-b MainPID)"
+out=$(ctt 300 su - alice -c 'cd lab && sudo deploy/install.sh' 2>&1) && rc=0 || rc=$?
+printf '%s\n' "$out" | tail -n 5
+expect "exit 0 ($rc), no restart, nothing installed" \
+    sh -c '[ "$1" = 0 ] && ! printf "%s" "$2" | grep -Eq "restarting|installed /"' _ "$rc" "$out"
+expect "same MainPIDs ($pids -> $(show service-a MainPID) $(show service-b MainPID))" \
+    test "$pids" = "$(show service-a MainPID) $(show service-b MainPID)"
+expect "settings: $(settings), content unchanged" \
+    test "$(settings)$(ct sha256sum /etc/default/service-b)" = "root:root 640 root:root 640 $sum"
+
+say "9. switching modes: --socket-activation, then plain again; one mode enabled each time"
+modes() {
+    echo "$(ct systemctl is-enabled service-a.service service-b.service service-a.socket service-b.socket 2>/dev/null | tr '\n' ' ')$(show service-a.socket ActiveState) $(show service-b.socket ActiveState)"
+}
+ctt 300 su - alice -c 'cd lab && sudo deploy/install.sh --socket-activation' 2>&1 | tail -n 3
+expect "--socket-activation: services and sockets enabled, sockets listening ($(modes))" \
+    test "$(modes)" = "enabled enabled enabled enabled active active"
+expect "service-b serves systemd's socket ($(show service-b StatusText))" contains "$(show service-b StatusText)" "(socket from systemd)"
+expect "curl 200" test "$(ct_code "$B/call-echo?msg=sockets")" = 200
+ctt 300 su - alice -c 'cd lab && sudo deploy/install.sh' 2>&1 | tail -n 3
+expect "plain: sockets disabled and stopped ($(modes))" \
+    test "$(modes)" = "enabled enabled disabled disabled inactive inactive"
+expect "service-b binds its own socket again ($(show service-b StatusText))" \
+    sh -c '! case "$1" in *"(socket from systemd)"*) true ;; *) false ;; esac' _ "$(show service-b StatusText)"
+expect "curl 200" test "$(ct_code "$B/call-echo?msg=plain")" = 200
+expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+
+say "10. a user without a toolchain is told what to do"
+ct useradd -m -s /bin/bash bob
+ct sh -c 'echo "bob ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/bob && chmod 0440 /etc/sudoers.d/bob'
+checkout bob
+out=$(ct su - bob -c 'cd lab && sudo deploy/install.sh' 2>&1) && rc=0 || rc=$?
+printf '%s\n' "$out"
+expect "exit 1, and it says which user lacks what, and what to do" \
+    sh -c '[ "$1" = 1 ] && printf "%s" "$2" | grep -q "no Rust toolchain for bob" && printf "%s" "$2" | grep -q "rustup.rs"' _ "$rc" "$out"
+
+say "11. two hosts: service-a on 192.0.2.2, service-b on 192.0.2.1 (network namespaces, a veth between)"
+# Each daemon in a network namespace of its own ("host-a", "host-b"); the
+# drop-in that puts it there stands in for running on another VM.
+ct sh -ec '
+    ip netns add lab-host-a; ip netns add lab-host-b
+    ip link add lab-b netns lab-host-b type veth peer name lab-a netns lab-host-a
+    ip -n lab-host-a addr add 192.0.2.2/24 dev lab-a; ip -n lab-host-a link set lab-a up; ip -n lab-host-a link set lo up
+    ip -n lab-host-b addr add 192.0.2.1/24 dev lab-b; ip -n lab-host-b link set lab-b up; ip -n lab-host-b link set lo up
+    for h in a b; do
+        mkdir -p /run/systemd/system/service-$h.service.d
+        printf "[Service]\nNetworkNamespacePath=/run/netns/lab-host-$h\n" > /run/systemd/system/service-$h.service.d/host.conf
+    done
+    # As the README says: settings in /etc/default, widening in a drop-in.
+    echo SERVICE_A_LISTEN=192.0.2.2:8080 >> /etc/default/service-a
+    echo SERVICE_A_URL=http://192.0.2.2:8080 >> /etc/default/service-b
+    mkdir -p /etc/systemd/system/service-a.service.d
+    printf "[Service]\nIPAddressAllow=192.0.2.0/24\n" > /etc/systemd/system/service-a.service.d/network.conf
+    systemctl daemon-reload
+    systemctl restart service-a service-b'
+on_b() { ct nsenter --net=/run/netns/lab-host-b curl -s --max-time 5 -w ' %{http_code}' "$@" || true; }
+expect "service-a listens on 192.0.2.2:8080 in host-a ($(show service-a StatusText))" \
+    contains "$(show service-a StatusText)" "serving on 192.0.2.2:8080"
+reply=$(on_b "http://127.0.0.1:8081/call-echo?msg=two+hosts")
+echo "without the drop-in, on host-b: curl 'http://127.0.0.1:8081/call-echo?msg=two+hosts' -> $reply"
+# IPAddressDeny=any drops service-a's answers (the SYN-ACK) silently: the
+# call times out at service-b's deadline.
+expect "without the drop-in: 503 timeout (service-b's IPAddressDeny=any)" \
+    sh -c 'case "$1" in *"\"error\":\"timeout\""*" 503") ;; *) exit 1 ;; esac' _ "$reply"
+ct sh -ec '
+    mkdir -p /etc/systemd/system/service-b.service.d
+    printf "[Service]\nIPAddressAllow=192.0.2.2\n" > /etc/systemd/system/service-b.service.d/network.conf
+    systemctl daemon-reload
+    systemctl restart service-b'
+reply=$(on_b "http://127.0.0.1:8081/call-echo?msg=two+hosts")
+echo "with IPAddressAllow=192.0.2.2: $reply"
+expect "with the README's drop-in: 200 through the veth" \
+    test "$reply" = '{"service_b":"ok","service_a":{"echo":"two hosts"}} 200'
+stop_container
+
+# ---------------------------------------------------------------- the .deb
+if [ -n "$debs" ]; then
+    say "12. the .deb in a fresh container: apt install ./two-service-lab_*.deb"
+    boot deb --host-overlay --private-network --bind-ro="$debs:/lab-deb"
+    first=$(cd "$debs" && ls two-service-lab_*.deb | sort -V | head -n1)
+    newer=$(cd "$debs" && ls two-service-lab_*.deb | sort -V | tail -n1)
+    ct sh -c 'cd /lab-deb && DEBIAN_FRONTEND=noninteractive apt install -y -q "./$1"' _ "$first" 2>&1 | tail -n 4
+    expect "installed: $(ct dpkg-query -W -f '${Package} ${Version} ${db:Status-Status}' two-service-lab)" \
+        contains "$(ct dpkg-query -W -f '${db:Status-Status}' two-service-lab)" installed
+    expect "both active, from the package's units ($(show service-a FragmentPath))" \
+        sh -c '[ "$1" = "active active" ] && case "$2" in */lib/systemd/system/service-a.service) ;; *) exit 1 ;; esac' _ \
+        "$(show service-a ActiveState) $(show service-b ActiveState)" "$(show service-a FragmentPath)"
+    expect "services enabled, sockets shipped but not enabled ($(modes))" \
+        test "$(modes)" = "enabled enabled disabled disabled inactive inactive"
+    hello=$(ct curl -s --max-time 5 -w ' %{http_code}' "$B/call-echo?msg=deb" || true)
+    expect "curl through service-b: $hello" test "$hello" = '{"service_b":"ok","service_a":{"echo":"deb"}} 200'
+    expect "settings after apt install: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+    for unit in service-a service-b; do
+        line=$(ct systemd-analyze security --offline=yes "/usr/lib/systemd/system/$unit.service" 2>/dev/null | grep 'Overall exposure level' || true)
+        score=$(printf '%s' "$line" | sed -nE 's/.*: ([0-9.]+) .*/\1/p')
+        expect "installed $unit.service: exposure ${score:-?} <= 0.9" awk -v s="${score:-99}" 'BEGIN { exit !(s <= 0.9) }'
+    done
+
+    say "13. an edited /etc/default/service-b survives a reinstall and an upgrade"
+    ct sh -c 'echo SERVICE_B_UPSTREAM_TIMEOUT=2s >> /etc/default/service-b && chmod 0644 /etc/default/service-b'
+    ct sh -c 'cd /lab-deb && DEBIAN_FRONTEND=noninteractive apt install -y -q --reinstall "./$1"' _ "$first" 2>&1 | tail -n 2
+    expect "reinstall of $first: the edit is there, service-b restarted with it ($(show service-b StatusText))" \
+        sh -c '[ "$(nsenter -t "$1" -a grep -c "^SERVICE_B_UPSTREAM_TIMEOUT=2s$" /etc/default/service-b)" = 1 ] &&
+            case "$2" in *"deadline 2s"*) ;; *) exit 1 ;; esac' _ "$init_pid" "$(show service-b StatusText)"
+    expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+    pids="$(show service-a MainPID) $(show service-b MainPID)"
+    ct sh -c 'cd /lab-deb && DEBIAN_FRONTEND=noninteractive apt install -y -q "./$1"' _ "$newer" 2>&1 | tail -n 2
+    expect "upgrade to $newer: $(ct dpkg-query -W -f '${Version}' two-service-lab), both restarted ($pids -> $(show service-a MainPID) $(show service-b MainPID))" \
+        sh -c '[ "$1" != "$2" ] && [ "${1#* }" != "${2#* }" ] && [ "$3" = "active active" ]' _ \
+        "$pids" "$(show service-a MainPID) $(show service-b MainPID)" "$(show service-a ActiveState) $(show service-b ActiveState)"
+    expect "the edit is still there" ct grep -q '^SERVICE_B_UPSTREAM_TIMEOUT=2s$' /etc/default/service-b
+    expect "curl 200" test "$(ct_code "$B/call-echo?msg=upgraded")" = 200
+    expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+
+    say "14. apt remove stops them and keeps the settings; apt purge removes them"
+    ct env DEBIAN_FRONTEND=noninteractive apt remove -y -q two-service-lab 2>&1 | tail -n 2
+    expect "stopped and gone: $(show service-a ActiveState)/$(show service-a LoadState) $(show service-b ActiveState)/$(show service-b LoadState), nothing answers" \
+        test "$(show service-a ActiveState) $(show service-b ActiveState) $(ct_code $A/health)$(ct_code $B/health)" = "inactive inactive 000000"
+    expect "binaries gone" ct sh -c '! test -e /usr/bin/service-a && ! test -e /usr/bin/service-b'
+    expect "settings kept, with the edit: $(settings)" \
+        sh -c '[ "$1" = "root:root 640 root:root 640 " ] && nsenter -t "$2" -a grep -q "^SERVICE_B_UPSTREAM_TIMEOUT=2s$" /etc/default/service-b' _ "$(settings)" "$init_pid"
+    ct env DEBIAN_FRONTEND=noninteractive apt purge -y -q two-service-lab 2>&1 | tail -n 2
+    expect "purged: settings gone, dpkg forgot it" \
+        ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b && ! dpkg-query -W two-service-lab 2>/dev/null'
+    stop_container
+else
+    say "the .deb: SKIPPED (no --debs DIR given)"
+    fail "the .deb was not tested (pass --debs DIR, as ./test.sh does)"
+fi
 
 say "result"
 stop_container

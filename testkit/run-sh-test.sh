@@ -5,6 +5,11 @@
 # hand is used at once; Ctrl-C (SIGINT to the whole foreground group, as a
 # terminal sends it) stops everything and run.sh exits 0.
 # Needs 127.0.0.1:8080 and :8081 free (it checks).
+#
+# run.sh must work on bash 4.4 and later (Debian 11 and Ubuntu 20.04 have
+# 5.0). This machine's bash is newer, so run.sh runs here with `wait` as bash
+# 5.0 has it: no -p, no -f, no ids after -n (BASH_ENV defines the function
+# before the script's first line). A run.sh that uses them fails this test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,30 +41,45 @@ for port in 8080 8081; do
 done
 
 log=$(mktemp)
+old_wait=$(mktemp)
 extra_a=
 cleanup() {
     [ -n "${group:-}" ] && kill -KILL -- "-$group" 2>/dev/null || true
     [ -n "$extra_a" ] && kill -KILL "$extra_a" 2>/dev/null || true
-    rm -f "$log"
+    rm -f "$log" "$old_wait"
 }
 trap cleanup EXIT
 
 # Job control gives run.sh its own process group, as in a terminal, so that
 # SIGINT reaches it (bash ignores SIGINT in background jobs otherwise).
+cat > "$old_wait" <<'EOF'
+wait() {
+    case "${1:-}" in
+        -p | -f) echo "wait: $1: invalid option (bash < 5.1)" >&2; return 2 ;;
+        -n) [ $# -eq 1 ] || { echo "wait: -n takes no ids (bash < 5.1)" >&2; return 2; } ;;
+    esac
+    builtin wait "$@"
+}
+EOF
 set -m
-./run.sh >"$log" 2>&1 &
+BASH_ENV=$old_wait ./run.sh >"$log" 2>&1 &
 group=$!
 set +m
 
 # The first run may compile for minutes.
-until_ok 900 curl -sf --max-time 1 http://127.0.0.1:8081/health \
-    || { cat "$log" >&2; fail "service-b never answered /health"; }
+# run.sh has exited (a zombie until waited for).
+gone() { case "$(ps -o stat= -p "$group")" in '' | Z*) return 0 ;; *) return 1 ;; esac; }
+up_or_gone() { curl -sf --max-time 1 http://127.0.0.1:8081/health || gone; }
+until_ok 900 up_or_gone && ! gone \
+    || { cat "$log" >&2; fail "service-b never answered /health (or run.sh exited)"; }
 until_ok 10 curl -sf --max-time 1 http://127.0.0.1:8080/health \
     || fail "service-a never answered /health"
 
 echoes hello+run.sh "both daemons answer"
 
-kill -TERM "$(pgrep -x -P "$group" service-a)"
+a_pid=$(pgrep -x -P "$group" service-a) ||
+    fail "service-a is not running under run.sh; run.sh said: $(tail -n 3 "$log")"
+kill -TERM "$a_pid"
 until_ok 10 bash -c '! curl -s -o /dev/null --max-time 1 http://127.0.0.1:8080/health' \
     || fail "service-a did not stop"
 out=$(get 'http://127.0.0.1:8081/call-echo?msg=x')
