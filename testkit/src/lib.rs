@@ -58,17 +58,15 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A source of the workspace binary `name` (its crate's and service-kit's
-/// `src/` and manifests, the workspace manifest and lock file) modified
-/// after `binary` was built, if any.
+/// `src/`, and the lock file) modified after `binary` was built, if any.
+/// Manifests are left out: cargo rebuilds nothing for a change it deems
+/// irrelevant to the binary (the `.deb`'s metadata in `service-b/Cargo.toml`),
+/// and a dependency that changes changes the lock file too.
 fn newer_source(binary: &Path, name: &str) -> Option<PathBuf> {
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let mut todo: Vec<PathBuf> = ["Cargo.toml", "Cargo.lock"]
-        .iter()
-        .map(|f| root.join(f))
-        .collect();
+    let mut todo = vec![root.join("Cargo.lock")];
     for krate in [name, "service-kit"] {
-        todo.push(root.join(krate).join("Cargo.toml"));
         todo.push(root.join(krate).join("src"));
     }
     while let Some(path) = todo.pop() {
