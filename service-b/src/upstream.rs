@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::error::Error as _;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -482,9 +484,12 @@ tokio::task_local! {
     static NEW_CONNECTION: Cell<bool>;
 }
 
-/// A connector layer that marks the attempt in progress as one that opened
-/// a new connection. hyper's pool asks the connector only when it has no
-/// idle connection to hand out, and does so in the requesting task.
+/// A connector layer that marks the attempt in progress as one that made a
+/// new connection. hyper's pool races an idle connection coming back against
+/// a new one being made; if the idle one wins, the new one is finished in a
+/// background task and the request goes out on the reused connection. So
+/// the mark is set when the connect *completes*, which is in the requesting
+/// task only when the new connection is the one the request uses.
 #[derive(Debug, Clone, Copy)]
 struct MarkNewConnections;
 
@@ -499,20 +504,30 @@ impl<S> tower_layer::Layer<S> for MarkNewConnections {
 #[derive(Debug, Clone)]
 struct MarkNew<S>(S);
 
-impl<S: tower_service::Service<R>, R> tower_service::Service<R> for MarkNew<S> {
+impl<S, R> tower_service::Service<R> for MarkNew<S>
+where
+    S: tower_service::Service<R>,
+    S::Future: Send + 'static,
+{
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, target: R) -> S::Future {
-        // Outside an attempt (a connection opened in the background for the
-        // pool) there is nothing to mark.
-        let _ = NEW_CONNECTION.try_with(|marked| marked.set(true));
-        self.0.call(target)
+    fn call(&mut self, target: R) -> Self::Future {
+        let connecting = self.0.call(target);
+        Box::pin(async move {
+            let connected = connecting.await;
+            // Outside an attempt (finished in the background, for the pool)
+            // there is nothing to mark.
+            if connected.is_ok() {
+                let _ = NEW_CONNECTION.try_with(|marked| marked.set(true));
+            }
+            connected
+        })
     }
 }
 
