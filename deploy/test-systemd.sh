@@ -40,8 +40,8 @@ command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v nsenter >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
-command -v sudo >/dev/null || missing+=(sudo)     # the users of check 7
-command -v ip >/dev/null || missing+=(iproute2)   # the two hosts of check 11
+command -v sudo >/dev/null || missing+=(sudo)     # the users of check 9
+command -v ip >/dev/null || missing+=(iproute2)   # the two hosts of check 13
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test-systemd.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -539,7 +539,7 @@ stop_container
 # This machine's whole system under a writable in-memory overlay (its users,
 # sudo, apt and dpkg database; nothing persists): a VM where a user with
 # sudo installs from a checkout.
-say "7. a user with sudo and a rustup toolchain in ~/.cargo/bin: sudo deploy/install.sh"
+say "9. a user with sudo and a rustup toolchain in ~/.cargo/bin: sudo deploy/install.sh"
 boot users --host-overlay --private-network
 # Its own network (loopback only): nothing here needs the host's ports.
 ct_code() { ct curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$1" || true; }
@@ -607,7 +607,7 @@ hello=$(ct curl -s --max-time 5 -w ' %{http_code}' "$B/call-echo?msg=alice" || t
 expect "curl through service-b: $hello" test "$hello" = '{"service_b":"ok","service_a":{"echo":"alice"}} 200'
 expect "settings after sudo install.sh: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
 
-say "8. again, as alice: nothing restarts; a loose settings file is tightened, never edited"
+say "10. again, as alice: nothing restarts; a loose settings file is tightened, never edited"
 ct chmod 0644 /etc/default/service-b
 sum=$(ct sha256sum /etc/default/service-b)
 pids="$(show service-a MainPID) $(show service-b MainPID)"
@@ -620,7 +620,7 @@ expect "same MainPIDs ($pids -> $(show service-a MainPID) $(show service-b MainP
 expect "settings: $(settings), content unchanged" \
     test "$(settings)$(ct sha256sum /etc/default/service-b)" = "root:root 640 root:root 640 $sum"
 
-say "9. switching modes: --socket-activation, then plain again; one mode enabled each time"
+say "11. switching modes: --socket-activation, then plain again; one mode enabled each time"
 modes() {
     echo "$(ct systemctl is-enabled service-a.service service-b.service service-a.socket service-b.socket 2>/dev/null | tr '\n' ' ')$(show service-a.socket ActiveState) $(show service-b.socket ActiveState)"
 }
@@ -637,7 +637,7 @@ expect "service-b binds its own socket again ($(show service-b StatusText))" \
 expect "curl 200" test "$(ct_code "$B/call-echo?msg=plain")" = 200
 expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
 
-say "10. a user without a toolchain is told what to do"
+say "12. a user without a toolchain is told what to do"
 ct useradd -m -s /bin/bash bob
 ct sh -c 'echo "bob ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/bob && chmod 0440 /etc/sudoers.d/bob'
 checkout bob
@@ -646,7 +646,7 @@ printf '%s\n' "$out"
 expect "exit 1, and it says which user lacks what, and what to do" \
     sh -c '[ "$1" = 1 ] && printf "%s" "$2" | grep -q "no Rust toolchain for bob" && printf "%s" "$2" | grep -q "rustup.rs"' _ "$rc" "$out"
 
-say "11. two hosts: service-a on 192.0.2.2, service-b on 192.0.2.1 (network namespaces, a veth between)"
+say "13. two hosts: service-a on 192.0.2.2, service-b on 192.0.2.1 (network namespaces, a veth between)"
 # Each daemon in a network namespace of its own ("host-a", "host-b"); the
 # drop-in that puts it there stands in for running on another VM.
 ct sh -ec '
@@ -687,7 +687,7 @@ stop_container
 
 # ---------------------------------------------------------------- the .deb
 if [ -n "$debs" ]; then
-    say "12. the .deb in a fresh container: apt install ./two-service-lab_*.deb"
+    say "14. the .deb in a fresh container: apt install ./two-service-lab_*.deb"
     boot deb --host-overlay --private-network --bind-ro="$debs:/lab-deb"
     first=$(cd "$debs" && ls two-service-lab_*.deb | sort -V | head -n1)
     newer=$(cd "$debs" && ls two-service-lab_*.deb | sort -V | tail -n1)
@@ -708,7 +708,7 @@ if [ -n "$debs" ]; then
         expect "installed $unit.service: exposure ${score:-?} <= 0.9" awk -v s="${score:-99}" 'BEGIN { exit !(s <= 0.9) }'
     done
 
-    say "13. an edited /etc/default/service-b survives a reinstall and an upgrade"
+    say "15. an edited /etc/default/service-b survives a reinstall and an upgrade"
     ct sh -c 'echo SERVICE_B_UPSTREAM_TIMEOUT=2s >> /etc/default/service-b && chmod 0644 /etc/default/service-b'
     ct sh -c 'cd /lab-deb && DEBIAN_FRONTEND=noninteractive apt install -y -q --reinstall "./$1"' _ "$first" 2>&1 | tail -n 2
     expect "reinstall of $first: the edit is there, service-b restarted with it ($(show service-b StatusText))" \
@@ -724,7 +724,7 @@ if [ -n "$debs" ]; then
     expect "curl 200" test "$(ct_code "$B/call-echo?msg=upgraded")" = 200
     expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
 
-    say "14. apt remove stops them and keeps the settings; apt purge removes them"
+    say "16. apt remove stops them and keeps the settings; apt purge removes them"
     ct env DEBIAN_FRONTEND=noninteractive apt remove -y -q two-service-lab 2>&1 | tail -n 2
     expect "stopped and gone: $(show service-a ActiveState)/$(show service-a LoadState) $(show service-b ActiveState)/$(show service-b LoadState), nothing answers" \
         test "$(show service-a ActiveState) $(show service-b ActiveState) $(ct_code $A/health)$(ct_code $B/health)" = "inactive inactive 000000"
