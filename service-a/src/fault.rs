@@ -243,6 +243,15 @@ impl Faults {
             .clone()
     }
 
+    /// Whether this request is one the fault in force applies to: read in
+    /// place, without taking a copy of the fault (every `/echo` asks).
+    pub fn draw(&self) -> Option<Kind> {
+        self.active
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .draw()
+    }
+
     /// Reads the file again. On an error the active fault stays.
     pub fn reload(&self) -> Result<Fault, String> {
         let Some(path) = &self.path else {

@@ -101,7 +101,7 @@ struct EchoBody<'a> {
 #[async_trait]
 impl Handler for Echo {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        if let Some(kind) = self.faults.active().draw() {
+        if let Some(kind) = self.faults.draw() {
             // The trace says the failure was made on purpose.
             tracing::Span::current().set_attribute("service_a.fault", kind.name());
             if !inject(kind, res).await {
