@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context, KeyValue};
 use salvo::http::StatusCode;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Router, Scribe, async_trait};
 use serde::Serialize;
@@ -17,7 +19,6 @@ use service_kit::cli::ServerSettings;
 use service_kit::error::{ApiError, write_json_value};
 use service_kit::query::msg_from_query;
 use service_kit::{App, Daemon, StartError};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::fault::{Fault, Faults, Kind};
 
@@ -103,7 +104,10 @@ impl Handler for Echo {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         if let Some(kind) = self.faults.draw() {
             // The trace says the failure was made on purpose.
-            tracing::Span::current().set_attribute("service_a.fault", kind.name());
+            Context::map_current(|cx| {
+                cx.span()
+                    .set_attribute(KeyValue::new("service_a.fault", kind.name()))
+            });
             if !inject(kind, res).await {
                 return;
             }

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use testkit::{Client, Proc, ProcBuilder, Sig, eventually};
+use testkit::{
+    Client, OtlpReceiver, Proc, ProcBuilder, SPAN_KIND_SERVER, STATUS_ERROR, Sig, eventually,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -70,6 +72,62 @@ async fn sighup_switches_the_fault_without_a_restart() {
     // Still the same process, and it stops as usual.
     a.signal(Sig::SIGTERM);
     assert_eq!(a.wait_exit(WAIT).await.code(), Some(0));
+}
+
+/// What a trace view shows: each reload as a span of its own (applied, with
+/// the fault now in force, or refused as an error), and a request that met
+/// a fault marked with it.
+#[tokio::test]
+async fn reloads_and_injected_faults_show_in_the_traces() {
+    let rx = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fault");
+    let a = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .env("SERVICE_A_FAULT_FILE", file.to_str().unwrap())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn()
+        .await;
+    std::fs::write(&file, "status=503\n").unwrap();
+    reload_until(&a, "status=503").await;
+    assert_eq!(Client::new().get(&a.url("/echo?msg=hi")).await.status, 503);
+    std::fs::write(&file, "status=999\n").unwrap();
+    a.signal(Sig::SIGHUP);
+    a.wait_for_log("reload refused", WAIT).await;
+
+    let (applied, refused, request) = eventually("the reload and request spans", WAIT, || {
+        let spans = rx.spans();
+        let reload = |outcome: &str| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.name == "reload" && s.attr("reload.outcome").as_deref() == Some(outcome)
+                })
+                .cloned()
+        };
+        let request = spans
+            .iter()
+            .find(|s| s.kind == SPAN_KIND_SERVER && s.name == "GET /echo")
+            .cloned();
+        let found = (|| Some((reload("applied")?, reload("refused")?, request?)))();
+        async move { found }
+    })
+    .await;
+    assert_eq!(applied.service(), "service-a");
+    assert!(
+        applied
+            .attr("reload.settings")
+            .is_some_and(|s| s.contains("fault status=503")),
+        "{applied:#?}"
+    );
+    assert_ne!(applied.status_code, STATUS_ERROR);
+    assert_eq!(refused.status_code, STATUS_ERROR, "{refused:#?}");
+    assert_eq!(request.attr("service_a.fault").as_deref(), Some("status"));
+    assert_eq!(
+        request.attr("http.response.status_code").as_deref(),
+        Some("503")
+    );
+    assert_eq!(request.status_code, STATUS_ERROR);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use opentelemetry::metrics::Counter;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{KeyValue, global};
+use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use salvo::http::StatusCode;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Router, Scribe, async_trait};
@@ -25,7 +25,6 @@ use service_kit::health::Health;
 use service_kit::observe::Degraded;
 use service_kit::query::msg_from_query;
 use service_kit::{App, Daemon, StartError};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use url::Url;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -308,7 +307,8 @@ fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
         upstream_status: http_status,
     });
     // The request's SERVER span: the event says why on the span itself.
-    let span = tracing::Span::current();
+    let cx = Context::current();
+    let span = cx.span();
     span.add_event(
         "degraded",
         vec![
@@ -317,8 +317,7 @@ fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
             KeyValue::new("message", e.detail.clone()),
         ],
     );
-    let trace = span.context();
-    let trace = trace.span().span_context().clone();
+    let trace = span.span_context();
     let body = DegradedBody {
         service_b: "ok",
         service_a: "unavailable",

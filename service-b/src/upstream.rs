@@ -14,17 +14,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
-use opentelemetry::trace::Status;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
 use opentelemetry_semantic_conventions::attribute::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, SERVER_ADDRESS, SERVER_PORT,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_RESEND_COUNT, HTTP_RESPONSE_STATUS_CODE,
+    SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_TEMPLATE,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use service_kit::telemetry::{current_trace_id, duration_histogram};
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use service_kit::telemetry::{current_trace_id, duration_histogram, tracer};
 use url::Url;
 
 /// Why an answer is degraded: the contract's `error` values. The first five
@@ -141,15 +139,12 @@ pub struct Upstream {
     deadline: Duration,
     /// Largest body accepted from service-a; more is `invalid_response`.
     max_body: usize,
-    /// `url.full` for spans, with the user's `msg` redacted.
-    url_full: Box<str>,
-    /// `server.address` for spans.
-    host: Box<str>,
-    /// `server.port` for spans.
-    port: i64,
     /// `server.address` and `server.port` (and the method), on every call's
     /// span and metric.
     peer: [KeyValue; 3],
+    /// `url.full` (with the user's `msg` redacted) and `url.template`, on
+    /// every call's span.
+    url: [KeyValue; 2],
     /// `http.client.request.duration`, seconds.
     duration: Histogram<f64>,
 }
@@ -192,11 +187,16 @@ impl Upstream {
             HTTP_CLIENT_REQUEST_DURATION,
             "Duration of HTTP client requests.",
         );
+        let url = [
+            KeyValue::new(
+                URL_FULL,
+                Arc::<str>::from(format!("{echo_url}?msg=REDACTED")),
+            ),
+            KeyValue::new(URL_TEMPLATE, "/echo"),
+        ];
         Ok(Self {
             client,
-            url_full: format!("{echo_url}?msg=REDACTED").into(),
-            host: echo_url.host_str().unwrap_or_default().into(),
-            port: i64::from(echo_url.port_or_known_default().unwrap_or(80)),
+            url,
             echo_url,
             deadline,
             max_body: (max_msg_bytes * 6 + 1024).max(64 * 1024),
@@ -262,24 +262,23 @@ impl Upstream {
         resend_count: i64,
         deadline: tokio::time::Instant,
     ) -> Attempt {
-        // Attributes as the span's fields: recorded once, as the span opens,
-        // instead of one subscriber lookup per `set_attribute`.
-        let span = tracing::info_span!(
-            "upstream",
-            otel.name = "GET /echo",
-            otel.kind = "client",
-            "http.request.method" = "GET",
-            "server.address" = &*self.host,
-            "server.port" = self.port,
-            "url.full" = &*self.url_full,
-            "url.template" = "/echo",
-            "http.request.resend_count" = tracing::field::Empty,
-        );
-        if resend_count > 0 {
-            span.record("http.request.resend_count", resend_count);
-        }
+        // A child of the request's SERVER span (the current context).
+        let mut span = tracer().map(|tracer| {
+            let mut attributes = Vec::with_capacity(9);
+            attributes.extend(self.peer.iter().chain(&self.url).cloned());
+            if resend_count > 0 {
+                attributes.push(KeyValue::new(HTTP_REQUEST_RESEND_COUNT, resend_count));
+            }
+            opentelemetry::Context::map_current(|parent| {
+                tracer
+                    .span_builder("GET /echo")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, parent)
+            })
+        });
         let mut request = reqwest::Request::new(reqwest::Method::GET, url.clone());
-        if let Some(parent) = traceparent(&span) {
+        if let Some(parent) = span.as_ref().and_then(|s| traceparent(s.span_context())) {
             request.headers_mut().insert(TRACEPARENT, parent);
         }
 
@@ -287,10 +286,7 @@ impl Upstream {
             let result = self.fetch(request).await;
             (result, NEW_CONNECTION.with(Cell::get))
         });
-        let attempt = match tokio::time::timeout_at(deadline, fetch)
-            .instrument(span.clone())
-            .await
-        {
+        let attempt = match tokio::time::timeout_at(deadline, fetch).await {
             Ok((Ok(answer), _)) => Attempt::Done(Ok(answer)),
             Ok((
                 Err(Failed {
@@ -308,16 +304,20 @@ impl Upstream {
             Err(_) => Attempt::Done(Err(self.timed_out())),
         };
 
-        let (status, failure) = match attempt.as_result() {
-            Ok((status, _)) => (Some(*status), None),
-            Err(e) => (e.status, Some(e)),
-        };
-        if let Some(status) = status {
-            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(status));
-        }
-        if let Some(e) = failure {
-            span.set_attribute(ERROR_TYPE, e.kind.as_str());
-            span.set_status(Status::error(e.detail.clone()));
+        if let Some(span) = &mut span
+            && span.is_recording()
+        {
+            let (status, failure) = match attempt.as_result() {
+                Ok((status, _)) => (Some(*status), None),
+                Err(e) => (e.status, Some(e)),
+            };
+            if let Some(status) = status {
+                span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+            }
+            if let Some(e) = failure {
+                span.set_attribute(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
+                span.set_status(Status::error(e.detail.clone()));
+            }
         }
         attempt
     }
@@ -417,11 +417,9 @@ impl Upstream {
     }
 }
 
-/// The W3C `traceparent` of `span`, written without the propagator's
+/// The W3C `traceparent` of a span, written without the propagator's
 /// formatting and its empty `tracestate`: `00-<trace id>-<span id>-<flags>`.
-fn traceparent(span: &tracing::Span) -> Option<HeaderValue> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
+fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     if !sc.is_valid() {
         return None;
     }

@@ -307,20 +307,39 @@ async fn run<D: Daemon>(
 
 /// SIGHUP: tells systemd a reload runs (`RELOADING=1`), re-reads, and says
 /// `READY=1` with the status line of what is now in force. A refused change
-/// is one ERROR line; the settings in force stay.
+/// is one ERROR line; the settings in force stay. The reload is a span of
+/// its own (a `tracing` span, bridged by tracing-opentelemetry), so a trace
+/// view shows when a fault was switched, next to the requests it changed.
 fn reload(reload: Option<&Reload>, status: &Mutex<String>, status_of: &dyn Fn(&str) -> String) {
     let Some(reload) = reload else {
         tracing::info!("SIGHUP received: nothing to reload");
         return;
     };
+    let span = tracing::info_span!(
+        "reload",
+        otel.name = "reload",
+        otel.kind = "internal",
+        "reload.outcome" = tracing::field::Empty,
+        "reload.settings" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     notify::reloading("reloading");
     let mut current = status.lock().unwrap_or_else(PoisonError::into_inner);
     match reload() {
         Ok(summary) => {
             *current = status_of(&summary);
+            span.record("reload.outcome", "applied");
+            span.record("reload.settings", summary.as_str());
             tracing::info!("reloaded: {summary}");
         }
-        Err(e) => tracing::error!("reload refused, the settings in force stay: {e}"),
+        Err(e) => {
+            span.record("reload.outcome", "refused");
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", e.as_str());
+            tracing::error!("reload refused, the settings in force stay: {e}");
+        }
     }
     notify::ready(&current);
 }

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use opentelemetry::context::FutureExt as _;
 use opentelemetry::metrics::Histogram;
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Key, KeyValue, Value, global};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, Key, KeyValue, Value, global};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
@@ -20,10 +21,8 @@ use opentelemetry_semantic_conventions::metric::HTTP_SERVER_REQUEST_DURATION;
 use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::telemetry::{duration_histogram, trace_id_of};
+use crate::telemetry::{duration_histogram, tracer};
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
 /// the access log and the server span can say why.
@@ -144,27 +143,37 @@ impl Handler for Observe {
         let started = Instant::now();
         let method = method_name(req.method());
         let endpoint = self.endpoints.get(method, req.matched_path());
-        let span = tracing::info_span!(
-            "request",
-            otel.name = endpoint.span_name,
-            otel.kind = "server",
-        );
-        let parent =
-            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-        let _ = span.set_parent(parent);
-        span.set_attribute(HTTP_REQUEST_METHOD, method);
-        span.set_attribute(URL_SCHEME, "http");
-        span.set_attribute(URL_PATH, req.uri().path().to_owned());
-        // Says who called: `lab-traffic/1 (synthetic)` marks test traffic.
-        if let Some(agent) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
-            span.set_attribute(USER_AGENT_ORIGINAL, agent.to_owned());
-        }
-        if let Some(route) = endpoint.route {
-            span.set_attribute(HTTP_ROUTE, route);
-        }
+        // The SERVER span, continuing the caller's `traceparent`; the
+        // handlers find it as the current OpenTelemetry context.
+        let cx = match tracer() {
+            Some(tracer) => {
+                let parent =
+                    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+                let mut attributes = Vec::with_capacity(10);
+                attributes.extend([
+                    KeyValue::new(HTTP_REQUEST_METHOD, method),
+                    KeyValue::new(URL_SCHEME, "http"),
+                    KeyValue::new(URL_PATH, req.uri().path().to_owned()),
+                ]);
+                // Says who called: `lab-traffic/1 (synthetic)` marks test traffic.
+                if let Some(agent) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
+                    attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, agent.to_owned()));
+                }
+                if let Some(route) = endpoint.route {
+                    attributes.push(KeyValue::new(HTTP_ROUTE, route));
+                }
+                let span = tracer
+                    .span_builder(endpoint.span_name)
+                    .with_kind(SpanKind::Server)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, &parent);
+                parent.with_span(span)
+            }
+            None => Context::new(),
+        };
 
         ctrl.call_next(req, depot, res)
-            .instrument(span.clone())
+            .with_context(cx.clone())
             .await;
 
         let status = res.status_code.unwrap_or(StatusCode::OK);
@@ -178,14 +187,20 @@ impl Handler for Observe {
             None if status.is_server_error() => Some(code.to_string().into()),
             None => None,
         };
-        span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(code));
-        if let Some(error_type) = &error_type {
-            span.set_attribute(ERROR_TYPE, error_type.clone());
-            span.set_status(Status::error(error_type.to_string()));
+        let span = cx.span();
+        if span.is_recording() {
+            let mut end = Vec::with_capacity(3);
+            end.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)));
+            if let Some(error_type) = &error_type {
+                end.push(KeyValue::new(ERROR_TYPE, error_type.clone()));
+                span.set_status(Status::error(error_type.to_string()));
+            }
+            if degraded.is_some() {
+                end.push(KeyValue::new(self.degraded_key.clone(), true));
+            }
+            span.set_attributes(end);
         }
-        if degraded.is_some() {
-            span.set_attribute(self.degraded_key.clone(), true);
-        }
+        span.end();
 
         let mut attributes = Vec::with_capacity(5);
         attributes.extend([
@@ -207,7 +222,7 @@ impl Handler for Observe {
             code,
             Micros(elapsed.as_micros() as u64),
             degraded,
-            &TraceId(&span),
+            &TraceId(span.span_context()),
         );
     }
 }
@@ -224,13 +239,13 @@ impl std::fmt::Display for Micros {
 }
 
 /// The trace id of a span, worked out only if a log line is written.
-struct TraceId<'a>(&'a tracing::Span);
+struct TraceId<'a>(&'a SpanContext);
 
 impl std::fmt::Display for TraceId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match trace_id_of(self.0) {
-            Some(id) => f.write_str(&id),
-            None => f.write_str("-"),
+        match self.0.is_valid() {
+            true => write!(f, "{}", self.0.trace_id()),
+            false => f.write_str("-"),
         }
     }
 }
@@ -238,13 +253,11 @@ impl std::fmt::Display for TraceId<'_> {
 /// Whether the span's trace is sampled (exported), worked out only if a log
 /// line is written: with head sampling below 100 %, a trace id in a log line
 /// may name a trace that Jaeger never receives.
-struct Sampled<'a>(&'a tracing::Span);
+struct Sampled<'a>(&'a SpanContext);
 
 impl std::fmt::Display for Sampled<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cx = self.0.context();
-        let span = cx.span();
-        let sc = span.span_context();
+        let sc = self.0;
         match sc.is_valid() {
             true => write!(f, "{}", sc.is_sampled()),
             false => f.write_str("-"),

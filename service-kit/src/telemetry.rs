@@ -1,26 +1,30 @@
 //! OpenTelemetry: traces and metrics over OTLP/HTTP (protobuf), configured by
 //! the standard `OTEL_*` variables, never on the request path.
 //!
-//! Spans are `tracing` spans bridged by tracing-opentelemetry; a batch
-//! processor on its own thread exports them, and a periodic reader exports
-//! cumulative metrics. A collector that is down, refuses or never answers
+//! The two spans of every request (the SERVER span of the hoop, the CLIENT
+//! span of service-b's call) are made with the OpenTelemetry API on
+//! [`tracer`]: they are the hot path, and the `tracing` bridge costs a
+//! subscriber lookup per attribute and per poll. The rare lifecycle
+//! operations (a reload) are `tracing` spans that tracing-opentelemetry
+//! bridges, and `tracing` stays the way to log. A batch processor on its own
+//! thread exports spans, and a periodic reader exports cumulative metrics. A collector that is down, refuses or never answers
 //! only costs that thread its export timeout: the bounded queue drops what
 //! does not fit and requests never wait. On exit both are flushed within a
 //! bound shorter than the unit's `TimeoutStopSec=`.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Histogram, ObservableGauge};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::{KeyValue, global};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_semantic_conventions::resource::{
     HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_VERSION,
 };
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterFn, LevelFilter};
 
@@ -32,6 +36,15 @@ pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 
 /// Longest a flush on exit may take: below `TimeoutStopSec=` minus the drain.
 pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
+
+/// The tracer of the request spans, once traces are on.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer for spans made with the OpenTelemetry API; `None` when traces
+/// are off (or telemetry has not started), and then no span is made at all.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
 
 /// The semantic conventions' buckets for HTTP durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -131,8 +144,8 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the exporters `settings` asks for, installs the global meter
-    /// provider and propagator, and returns the layer that turns `tracing`
-    /// spans into OpenTelemetry spans. Call before creating any instrument:
+    /// provider, propagator and [`tracer`], and returns the layer that turns
+    /// `tracing` spans (the lifecycle's) into OpenTelemetry spans. Call before creating any instrument:
     /// a meter taken earlier stays a no-op.
     pub fn start(
         settings: TelemetrySettings,
@@ -154,6 +167,8 @@ impl Telemetry {
                 .with_resource(resource.clone())
                 .build();
             let tracer = provider.tracer(service.to_owned());
+            // Once per process; a second start (none happens) keeps the first.
+            let _ = TRACER.set(tracer.clone());
             // Only our own spans, never events: the exporter's HTTP client
             // must not trace itself, and logs stay logs (the facts they
             // carry are the spans' attributes already).
@@ -320,16 +335,15 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// The trace id of the current span as 32 hex digits, if tracing is on.
+/// The trace id of the current request's span as 32 hex digits, if it is
+/// traced.
 pub fn current_trace_id() -> Option<String> {
-    trace_id_of(&tracing::Span::current())
+    Context::map_current(|cx| trace_id_of(cx.span().span_context()))
 }
 
 /// The trace id of `span` as 32 hex digits, if it belongs to a trace.
-pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let span_cx = cx.span().span_context().clone();
-    span_cx.is_valid().then(|| span_cx.trace_id().to_string())
+pub fn trace_id_of(span: &SpanContext) -> Option<String> {
+    span.is_valid().then(|| span.trace_id().to_string())
 }
 
 #[cfg(test)]
