@@ -22,7 +22,7 @@ use opentelemetry_semantic_conventions::attribute::{
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use service_kit::telemetry::{current_trace_id, duration_histogram, tracer};
+use service_kit::telemetry::{current_trace_id, duration_histogram, hex_into, tracer};
 use url::Url;
 
 /// Why an answer is degraded: the contract's `error` values. The first five
@@ -430,15 +430,6 @@ fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
-/// Lower-case hex of `bytes`, two digits a byte, into `out`.
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
-}
-
 /// Error bodies up to this size are read (and dropped), so that the
 /// connection goes back to the pool; a larger one closes it.
 const DRAIN_MAX: usize = 16 * 1024;
@@ -783,13 +774,6 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::InvalidResponse, "{body}");
         }
         assert!(judge(200, Some("application/json"), br#"{"echo":"\ud83e\udd80"}"#).is_ok());
-    }
-
-    #[test]
-    fn hex_digits() {
-        let mut out = *b"----";
-        hex_into(&mut out, &[0x0f, 0xa1]);
-        assert_eq!(&out, b"0fa1");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{DynFilterFn, LevelFilter};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -129,6 +130,7 @@ fn output(journal: bool) -> BoxedLayer {
     Box::new(
         tracing_subscriber::fmt::layer()
             .fmt_fields(TextFields)
+            .with_timer(Rfc3339Micros)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal()),
     )
@@ -165,28 +167,61 @@ impl Visit for TextVisitor<'_> {
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'=' || b.is_ascii_control());
         if field.name() == "message" || (plain && !value.is_empty()) {
-            self.write(field, format_args!("{value}"));
+            self.write(field, |w| w.write_str(value));
         } else {
-            self.write(field, format_args!("{value:?}"));
+            self.write(field, |w| write!(w, "{value:?}"));
         }
     }
 
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.write(field, format_args!("{value:?}"));
+        self.write(field, |w| write!(w, "{value:?}"));
     }
 }
 
 impl TextVisitor<'_> {
-    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+    /// `name=value` (the message bare), space-separated; the pieces are
+    /// written one by one rather than through one format string per field.
+    fn write(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         if self.result.is_err() || field.name().starts_with("otel.") {
             return;
         }
-        let sep = if self.first { "" } else { " " };
-        self.first = false;
-        self.result = match field.name() {
-            "message" => write!(self.writer, "{sep}{value}"),
-            name => write!(self.writer, "{sep}{name}={value}"),
+        let w = &mut self.writer;
+        let sep = if self.first {
+            Ok(())
+        } else {
+            w.write_char(' ')
         };
+        self.first = false;
+        self.result = sep
+            .and_then(|()| match field.name() {
+                "message" => Ok(()),
+                name => w.write_str(name).and_then(|()| w.write_char('=')),
+            })
+            .and_then(|()| value(w));
+    }
+}
+
+/// Timestamps as the default timer writes them (RFC 3339, UTC, microseconds:
+/// `2026-11-30T11:15:59.887009Z`), through humantime, which fills a buffer
+/// by integer arithmetic where the default formats each part with
+/// `core::fmt`: a fifth of an access line's cost.
+struct Rfc3339Micros;
+
+impl FormatTime for Rfc3339Micros {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        write!(w, "{}", humantime::format_rfc3339_micros(SystemTime::now()))
     }
 }
 
@@ -206,4 +241,24 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let mut line = String::new();
+        Rfc3339Micros
+            .format_time(&mut Writer::new(&mut line))
+            .unwrap();
+        // 2026-11-30T11:15:59.887009Z
+        assert_eq!(line.len(), 27, "{line}");
+        let shape: String = line
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
+        assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.ddddddZ", "{line}");
+    }
 }

@@ -22,7 +22,7 @@ use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::telemetry::{duration_histogram, tracer};
+use crate::telemetry::{duration_histogram, hex_into, tracer};
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
 /// the access log and the server span can say why.
@@ -234,7 +234,29 @@ struct Micros(u64);
 
 impl std::fmt::Display for Micros {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+        // Right to left into a buffer: the three decimals, the point, the
+        // whole milliseconds.
+        let mut buf = [0u8; 24];
+        let mut at = buf.len();
+        let mut put = |digit: u64| {
+            at -= 1;
+            buf[at] = b'0' + (digit % 10) as u8;
+        };
+        let (mut whole, frac) = (self.0 / 1000, self.0 % 1000);
+        put(frac);
+        put(frac / 10);
+        put(frac / 100);
+        at -= 1;
+        buf[at] = b'.';
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (whole % 10) as u8;
+            whole /= 10;
+            if whole == 0 {
+                break;
+            }
+        }
+        f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or("?"))
     }
 }
 
@@ -243,10 +265,12 @@ struct TraceId<'a>(&'a SpanContext);
 
 impl std::fmt::Display for TraceId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.is_valid() {
-            true => write!(f, "{}", self.0.trace_id()),
-            false => f.write_str("-"),
+        if !self.0.is_valid() {
+            return f.write_str("-");
         }
+        let mut out = [0u8; 32];
+        hex_into(&mut out, &self.0.trace_id().to_bytes());
+        f.write_str(std::str::from_utf8(&out).unwrap_or("-"))
     }
 }
 
@@ -297,5 +321,41 @@ fn log_access(
             method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
             "{method} {endpoint} {status} in {latency} ms"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId as OtelTraceId, TraceState};
+
+    use super::*;
+
+    #[test]
+    fn latencies_in_milliseconds_with_three_decimals() {
+        for (micros, shown) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (45, "0.045"),
+            (1_000, "1.000"),
+            (1_001_925, "1001.925"),
+            (u64::MAX, "18446744073709551.615"),
+        ] {
+            assert_eq!(Micros(micros).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn trace_ids_as_32_hex_digits_or_a_dash() {
+        let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+        let sc = SpanContext::new(
+            OtelTraceId::from(id),
+            SpanId::from(1),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        assert_eq!(TraceId(&sc).to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(TraceId(&sc).to_string(), format!("{:032x}", id));
+        assert_eq!(TraceId(&SpanContext::NONE).to_string(), "-");
     }
 }

@@ -341,6 +341,16 @@ pub fn current_trace_id() -> Option<String> {
     Context::map_current(|cx| trace_id_of(cx.span().span_context()))
 }
 
+/// Lower-case hex of `bytes`, two digits a byte, into `out` (trace and span
+/// ids, written without `core::fmt`).
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
 /// The trace id of `span` as 32 hex digits, if it belongs to a trace.
 pub fn trace_id_of(span: &SpanContext) -> Option<String> {
     span.is_valid().then(|| span.trace_id().to_string())
@@ -358,6 +368,13 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         TelemetrySettings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn hex_digits() {
+        let mut out = *b"----";
+        hex_into(&mut out, &[0x0f, 0xa1]);
+        assert_eq!(&out, b"0fa1");
     }
 
     #[test]
