@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_RESEND_COUNT, HTTP_RESPONSE_STATUS_CODE,
@@ -22,7 +21,7 @@ use opentelemetry_semantic_conventions::attribute::{
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use service_kit::telemetry::{current_trace_id, duration_histogram, hex_into, tracer};
+use service_kit::telemetry::{Durations, current_trace_id, hex_into, tracer};
 use url::Url;
 
 /// Why an answer is degraded: the contract's `error` values. The first five
@@ -145,8 +144,9 @@ pub struct Upstream {
     /// `url.full` (with the user's `msg` redacted) and `url.template`, on
     /// every call's span.
     url: [KeyValue; 2],
-    /// `http.client.request.duration`, seconds.
-    duration: Histogram<f64>,
+    /// `http.client.request.duration`, seconds, by service-a's status and
+    /// the kind of failure (which give every attribute besides the peer's).
+    duration: Arc<Durations<(Option<u16>, Option<ErrorKind>)>>,
 }
 
 impl Upstream {
@@ -182,11 +182,11 @@ impl Upstream {
                 i64::from(echo_url.port_or_known_default().unwrap_or(80)),
             ),
         ];
-        let duration = duration_histogram(
+        let duration = Arc::new(Durations::new(
             "service-b",
             HTTP_CLIENT_REQUEST_DURATION,
             "Duration of HTTP client requests.",
-        );
+        ));
         let url = [
             KeyValue::new(
                 URL_FULL,
@@ -243,14 +243,18 @@ impl Upstream {
         };
         let elapsed = started.elapsed().as_secs_f64();
 
-        let mut attributes = self.peer.to_vec();
-        if let Some(status) = status_of(&result) {
-            attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
-        }
-        if let Err(e) = &result {
-            attributes.push(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
-        }
-        self.duration.record(elapsed, &attributes);
+        let status = status_of(&result);
+        let kind = result.as_ref().err().map(|e| e.kind);
+        self.duration.record(elapsed, (status, kind), || {
+            let mut attributes = self.peer.to_vec();
+            if let Some(status) = status {
+                attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+            }
+            if let Some(kind) = kind {
+                attributes.push(KeyValue::new(ERROR_TYPE, kind.as_str()));
+            }
+            attributes
+        });
         result.map(|(_, body)| body)
     }
 

@@ -9,7 +9,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, Key, KeyValue, Value, global};
 use opentelemetry_http::HeaderExtractor;
@@ -22,7 +21,7 @@ use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::telemetry::{duration_histogram, hex_into, tracer};
+use crate::telemetry::{Durations, hex_into, tracer};
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
 /// the access log and the server span can say why.
@@ -103,11 +102,21 @@ impl Endpoints {
     }
 }
 
+/// What a server duration's attributes derive from: method, route, status
+/// and the degraded kind.
+type ServerKey = (
+    &'static str,
+    Option<&'static str>,
+    u16,
+    Option<&'static str>,
+);
+
 /// Observes every request of one daemon.
 #[derive(Debug, Clone)]
 pub struct Observe {
-    /// `http.server.request.duration`, seconds.
-    duration: Histogram<f64>,
+    /// `http.server.request.duration`, seconds, by method, route, status
+    /// and degraded kind (which give every attribute).
+    duration: Arc<Durations<ServerKey>>,
     /// `<daemon>.degraded`, the span attribute that marks a degraded answer.
     degraded_key: Key,
     /// Names of the endpoints seen so far.
@@ -118,13 +127,13 @@ impl Observe {
     /// The hoop for daemon `name`. Takes its instruments from the global
     /// meter provider: create it after telemetry has started.
     pub fn new(name: &str) -> Self {
-        let duration = duration_histogram(
+        let duration = Durations::new(
             "service-kit",
             HTTP_SERVER_REQUEST_DURATION,
             "Duration of HTTP server requests.",
         );
         Self {
-            duration,
+            duration: Arc::new(duration),
             degraded_key: Key::new(format!("{}.degraded", name.replace('-', "_"))),
             endpoints: Arc::default(),
         }
@@ -202,19 +211,22 @@ impl Handler for Observe {
         }
         span.end();
 
-        let mut attributes = Vec::with_capacity(5);
-        attributes.extend([
-            KeyValue::new(HTTP_REQUEST_METHOD, method),
-            KeyValue::new(URL_SCHEME, "http"),
-            KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
-        ]);
-        if let Some(route) = endpoint.route {
-            attributes.push(KeyValue::new(HTTP_ROUTE, route));
-        }
-        if let Some(error_type) = error_type {
-            attributes.push(KeyValue::new(ERROR_TYPE, error_type));
-        }
-        self.duration.record(elapsed.as_secs_f64(), &attributes);
+        let key = (method, endpoint.route, code, degraded.map(|d| d.kind));
+        self.duration.record(elapsed.as_secs_f64(), key, || {
+            let mut attributes = Vec::with_capacity(5);
+            attributes.extend([
+                KeyValue::new(HTTP_REQUEST_METHOD, method),
+                KeyValue::new(URL_SCHEME, "http"),
+                KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
+            ]);
+            if let Some(route) = endpoint.route {
+                attributes.push(KeyValue::new(HTTP_ROUTE, route));
+            }
+            if let Some(error_type) = error_type {
+                attributes.push(KeyValue::new(ERROR_TYPE, error_type));
+            }
+            attributes
+        });
 
         log_access(
             method,

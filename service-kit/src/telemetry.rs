@@ -12,10 +12,10 @@
 //! does not fit and requests never wait. On exit both are flushed within a
 //! bound shorter than the unit's `TimeoutStopSec=`.
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{Histogram, ObservableGauge};
+use opentelemetry::metrics::{BoundHistogram, Histogram, ObservableGauge};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::Resource;
@@ -52,19 +52,66 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// An HTTP duration histogram as the semantic conventions define it
-/// (seconds, [`DURATION_BUCKETS`]), from the global meter provider: take it
-/// after telemetry has started, or it stays a no-op.
-pub fn duration_histogram(
-    meter: &'static str,
-    name: &'static str,
-    description: &'static str,
-) -> Histogram<f64> {
-    global::meter(meter)
-        .f64_histogram(name)
-        .with_unit("s")
-        .with_description(description)
-        .with_boundaries(DURATION_BUCKETS.to_vec())
-        .build()
+/// (seconds, [`DURATION_BUCKETS`]), recorded through the SDK's bound
+/// instruments: each attribute set is bound once, under a small key `K` the
+/// caller derives it from (route, status, error kind), and a record is then
+/// a scan of the few keys seen so far, where an unbound record hashes every
+/// attribute of every call. Takes the global meter provider: make it after
+/// telemetry has started, or it stays a no-op.
+#[derive(Debug)]
+pub struct Durations<K> {
+    /// The instrument.
+    histogram: Histogram<f64>,
+    /// The attribute sets bound so far, by key.
+    bound: RwLock<Vec<(K, BoundHistogram<f64>)>>,
+}
+
+/// Most attribute sets bound per histogram. The keys are a small product
+/// (routes, statuses, error kinds), so this is never reached in practice;
+/// past it, records are unbound, as before.
+const MAX_BOUND: usize = 256;
+
+impl<K: Copy + PartialEq> Durations<K> {
+    /// The histogram `name` of meter `meter`.
+    pub fn new(meter: &'static str, name: &'static str, description: &'static str) -> Self {
+        let histogram = global::meter(meter)
+            .f64_histogram(name)
+            .with_unit("s")
+            .with_description(description)
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build();
+        Self {
+            histogram,
+            bound: RwLock::default(),
+        }
+    }
+
+    /// Records `seconds` under the attribute set that `key` stands for;
+    /// `attributes` makes that set, the first time `key` is seen only.
+    pub fn record(&self, seconds: f64, key: K, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        let bound = self.bound.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, histogram)) = bound.iter().find(|(k, _)| *k == key) {
+            return histogram.record(seconds);
+        }
+        let full = bound.len() >= MAX_BOUND;
+        drop(bound);
+        let attributes = attributes();
+        if full {
+            return self.histogram.record(seconds, &attributes);
+        }
+        let mut bound = self.bound.write().unwrap_or_else(PoisonError::into_inner);
+        // Another request may have bound it meanwhile.
+        let histogram = match bound.iter().find(|(k, _)| *k == key) {
+            Some((_, histogram)) => histogram.clone(),
+            None => {
+                let histogram = self.histogram.bind(&attributes);
+                bound.push((key, histogram.clone()));
+                histogram
+            }
+        };
+        drop(bound);
+        histogram.record(seconds);
+    }
 }
 
 /// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
