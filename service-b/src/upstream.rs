@@ -267,7 +267,7 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Attempt {
         // A child of the request's SERVER span (the current context).
-        let mut span = tracer().map(|tracer| {
+        let span = tracer().map(|tracer| {
             let mut attributes = Vec::with_capacity(9);
             attributes.extend(self.peer.iter().chain(&self.url).cloned());
             if resend_count > 0 {
@@ -308,20 +308,21 @@ impl Upstream {
             Err(_) => Attempt::Done(Err(self.timed_out())),
         };
 
-        if let Some(span) = &mut span
-            && span.is_recording()
-        {
-            let (status, failure) = match attempt.as_result() {
-                Ok((status, _)) => (Some(*status), None),
-                Err(e) => (e.status, Some(e)),
-            };
-            if let Some(status) = status {
-                span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+        if let Some(mut span) = span {
+            if span.is_recording() {
+                let (status, failure) = match attempt.as_result() {
+                    Ok((status, _)) => (Some(*status), None),
+                    Err(e) => (e.status, Some(e)),
+                };
+                if let Some(status) = status {
+                    span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+                }
+                if let Some(e) = failure {
+                    span.set_attribute(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
+                    span.set_status(Status::error(e.detail.clone()));
+                }
             }
-            if let Some(e) = failure {
-                span.set_attribute(KeyValue::new(ERROR_TYPE, e.kind.as_str()));
-                span.set_status(Status::error(e.detail.clone()));
-            }
+            span.end();
         }
         attempt
     }
