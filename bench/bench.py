@@ -434,6 +434,75 @@ class Client:
             c.close()
 
 
+class Wave:
+    """The hung path's load: `n` requests at once, each on a keep-alive
+    connection of its own (kept from wave to wave, as wrk keeps its), each
+    expected to end in service-b's 503."""
+
+    def __init__(self, port):
+        self.port, self.conns = port, []
+
+    def run(self, path, n, strict=True):
+        while len(self.conns) < n:
+            self.conns.append(http.client.HTTPConnection(HOST, self.port, timeout=120))
+        failures = []
+
+        def send(conn):
+            try:
+                conn.request("GET", path)
+                r = conn.getresponse()
+                r.read()
+                if r.status != 503:
+                    failures.append(r.status)
+            except OSError as e:
+                failures.append(repr(e))
+
+        threads = [threading.Thread(target=send, args=(c,)) for c in self.conns[:n]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures and strict:
+            sys.exit(f"GET {path} against a hung service-a: {len(failures)} of {n} did not end in 503, "
+                     f"e.g. {failures[0]}")
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+
+
+def hung_instructions(args, b_bin, env, tmp):
+    """service-b's own cost per timed-out call: args.hung_calls requests at
+    once against a socket that accepts and never answers (the hung path of
+    the wrk run: breaker off, 1 s deadline), telemetry on, every thread
+    counted. Not guarded: reported."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, PORTS["hung"]))
+    listener.listen(4096)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    log(f"service-b /call-echo against a hung service-a: {args.hung_calls} timed-out calls at once "
+        f"to warm up, {args.hung_calls} counted")
+    argv = [b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
+            "--upstream-timeout", "1s", "--breaker-failures", "0", "--max-in-flight", "100000"]
+    try:
+        return instructions_per_request(argv, env, PORTS["b"], CALL, args, tmp, "b_hung", args.settle,
+                                        client=Wave(PORTS["b"]), n=args.hung_calls)
+    finally:
+        listener.close()
+        for c in held:
+            c.close()
+
+
 def callgrind_control(pid, *args):
     r = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True)
     if r.returncode != 0:
@@ -444,14 +513,16 @@ def thousands(n):
     return f"{n:,.0f}".replace(",", " ")
 
 
-def instructions_per_request(argv, env, port, path, args, tmp, key, settle):
+def instructions_per_request(argv, env, port, path, args, tmp, key, settle, client=None, n=None):
     """Runs the daemon under callgrind with instrumentation off through
     start-up, switches it on, warms up (connections opened, pools filled,
     spans of the warm-up exported), zeroes the counters, sends
     args.requests requests over the same keep-alive connections, waits for
     the telemetry they caused to be exported, and dumps. The dump covers
     every thread of the daemon (callgrind sums them), so exporting and
-    metric recording on background threads count as well."""
+    metric recording on background threads count as well. `client` and `n`
+    replace the keep-alive client and the request counts (the hung path)."""
+    warmup, n = (args.warmup, args.requests) if n is None else (n, n)
     out = os.path.join(tmp, f"callgrind.{key}")
     with open(os.path.join(tmp, f"valgrind.{key}.log"), "w") as err:
         p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -460,14 +531,14 @@ def instructions_per_request(argv, env, port, path, args, tmp, key, settle):
     try:
         wait_http(port, p, timeout=120)
         callgrind_control(p.pid, "-i", "on")
-        client = Client(port, args.instr_connections)
+        client = client or Client(port, args.instr_connections)
         # The first requests run while valgrind translates the code they
         # take, slowly: one may miss a deadline, which only warms up more.
-        client.run(path, args.warmup, strict=False)
+        client.run(path, warmup, strict=False)
         time.sleep(settle)
         callgrind_control(p.pid, "-z")
         start = time.perf_counter()
-        client.run(path, args.requests)
+        client.run(path, n)
         elapsed = time.perf_counter() - start
         time.sleep(settle)
         callgrind_control(p.pid, "-d")
@@ -490,9 +561,9 @@ def instructions_per_request(argv, env, port, path, args, tmp, key, settle):
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         shutil.copy(dumps[0], os.path.join(args.keep, f"callgrind.out.{key}"))
-    log(f"  {key}: {thousands(total / args.requests)} instructions/request "
-        f"({args.requests} requests in {elapsed:.1f} s under callgrind)")
-    return total / args.requests
+    log(f"  {key}: {thousands(total / n)} instructions/request "
+        f"({n} requests in {elapsed:.1f} s under callgrind)")
+    return total / n
 
 
 def by_crate(dump, requests, top=12):
@@ -521,7 +592,7 @@ def by_crate(dump, requests, top=12):
 
 def instructions(args):
     ensure_valgrind()
-    for port in (PORTS["a"], PORTS["b"], PORTS["sink"]):
+    for port in (PORTS["a"], PORTS["b"], PORTS["sink"], PORTS["hung"]):
         with socket.socket() as s:
             if s.connect_ex((HOST, port)) == 0:
                 sys.exit(f"port {port} is in use; stop whatever holds it")
@@ -557,6 +628,8 @@ def instructions(args):
                                                    args.settle if telemetry else 0.5)
             if telemetry and exports.get("/v1/traces", 0) == before:
                 sys.exit(f"{label}: no trace export reached the sink")
+        if args.hung:
+            figures["b_hung"] = hung_instructions(args, b_bin, daemon_env(**on), tmp)
         if args.caddy:
             figures["caddy"] = caddy_instructions(args, procs, tmp)
     finally:
@@ -613,6 +686,9 @@ def instructions_report(args, figures):
         print(f"| {label} | {thousands(value)} | {thousands(ref) if ref else '-'} | {change} |")
         if ref and value > ref * TOLERANCE:
             worse.append(f"{label}: {thousands(value)} > {thousands(ref)} + {TOLERANCE * 100 - 100:.0f} %")
+    if "b_hung" in figures:
+        print(f"| service-b /call-echo, a timed-out call to a hung service-a, {args.hung_calls} at once "
+              f"(not guarded) | {thousands(figures['b_hung'])} | - | - |")
     if "caddy" in figures:
         print(f"| Caddy reverse_proxy /echo, tracing on (not guarded) | {thousands(figures['caddy'])} | - | - |")
     if args.keep:
@@ -625,7 +701,7 @@ def instructions_report(args, figures):
     if args.write_baseline:
         note = ("instructions per request, bench/bench.py --instructions; CI fails when a figure "
                      "rises more than 10 % above these; rewrite: bench/bench.py --instructions --write-baseline")
-        new = {**base, "_": note, **{k: int(round(v, -2)) for k, v in figures.items() if k != "caddy"}}
+        new = {**base, "_": note, **{k: int(round(v, -2)) for k, v in figures.items() if k not in ("caddy", "b_hung")}}
         with open(BASELINE, "w") as f:
             json.dump(new, f, indent=2)
             f.write("\n")
@@ -664,6 +740,9 @@ def main():
                    help="only this case (repeatable)")
     g.add_argument("--caddy", action="store_true",
                    help="also count Caddy with tracing on (needs --otelcol or the stack's build script)")
+    g.add_argument("--hung", action="store_true",
+                   help="also count service-b's cost per timed-out call against a hung service-a (not guarded)")
+    g.add_argument("--hung-calls", type=int, default=200, help="timed-out calls at once for --hung (default 200)")
     g.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps here (for callgrind_annotate)")
     g.add_argument("--check", action="store_true",
                    help="fail when a figure is more than 10 %% above bench/instructions-baseline.json")
