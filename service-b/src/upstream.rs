@@ -20,7 +20,7 @@ use opentelemetry_semantic_conventions::attribute::{
 };
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use service_kit::telemetry::{Durations, current_trace_id, hex_into, tracer};
 use url::Url;
 
@@ -144,6 +144,9 @@ pub struct Upstream {
     /// `url.full` (with the user's `msg` redacted) and `url.template`, on
     /// every call's span.
     url: [KeyValue; 2],
+    /// The `Host` header, made once: hyper's client would otherwise format
+    /// it for every request.
+    host_header: HeaderValue,
     /// `http.client.request.duration`, seconds, by service-a's status and
     /// the kind of failure (which give every attribute besides the peer's).
     duration: Arc<Durations<(Option<u16>, Option<ErrorKind>)>>,
@@ -194,9 +197,18 @@ impl Upstream {
             ),
             KeyValue::new(URL_TEMPLATE, "/echo"),
         ];
+        // As hyper writes it: the host, and the port unless it is the
+        // scheme's default (which `Url` already leaves out).
+        let host = echo_url.host_str().unwrap_or_default();
+        let host_header = match echo_url.port() {
+            Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+            None => HeaderValue::try_from(host),
+        }
+        .map_err(|e| format!("cannot make a Host header of {host:?}: {e}"))?;
         Ok(Self {
             client,
             url,
+            host_header,
             echo_url,
             deadline,
             max_body: (max_msg_bytes * 6 + 1024).max(64 * 1024),
@@ -282,6 +294,7 @@ impl Upstream {
             })
         });
         let mut request = reqwest::Request::new(reqwest::Method::GET, url.clone());
+        request.headers_mut().insert(HOST, self.host_header.clone());
         if let Some(parent) = span.as_ref().and_then(|s| traceparent(s.span_context())) {
             request.headers_mut().insert(TRACEPARENT, parent);
         }

@@ -92,3 +92,22 @@ async fn a_kept_alive_connection_closed_under_a_request_is_sent_again_once() {
     assert_eq!(fake.requests().len(), 3, "one resend, and only one");
     assert_eq!(fake.connections(), 2);
 }
+
+/// The `Host` header service-a receives names it as the URL does: the host,
+/// and the port unless it is the scheme's default (made once, not by hyper
+/// per request; a virtual-hosting proxy in front of service-a routes on it).
+#[tokio::test]
+async fn the_host_header_names_service_a_as_its_url_does() {
+    let fake = FakeUpstream::start(Behaviour::json(200, r#"{"echo":"x"}"#)).await;
+    let port = fake.url().rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    for base in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}/"),
+    ] {
+        let up = Upstream::new(&base.parse().unwrap(), DEADLINE, 4096).unwrap();
+        up.echo("x").await.unwrap();
+        let host = base.trim_start_matches("http://").trim_end_matches('/');
+        let sent = fake.requests();
+        assert_eq!(sent.last().unwrap().header("host"), Some(host), "{base}");
+    }
+}
