@@ -99,7 +99,13 @@ async fn a_kept_alive_connection_closed_under_a_request_is_sent_again_once() {
 #[tokio::test]
 async fn the_host_header_names_service_a_as_its_url_does() {
     let fake = FakeUpstream::start(Behaviour::json(200, r#"{"echo":"x"}"#)).await;
-    let port = fake.url().rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let port = fake
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
     for base in [
         format!("http://127.0.0.1:{port}"),
         format!("http://localhost:{port}/"),
