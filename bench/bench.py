@@ -401,10 +401,12 @@ def otlp_http_sink(port):
 
 class Client:
     """`connections` keep-alive connections, each on a thread of its own,
-    that send GETs one after the other and insist on 200."""
+    that send GETs one after the other and insist on `expect` (200; the hung
+    path's load is one connection per request at once, each ending in 503)."""
 
-    def __init__(self, port, connections):
-        self.conns = [http.client.HTTPConnection(HOST, port, timeout=60) for _ in range(connections)]
+    def __init__(self, port, connections, expect=200, timeout=60):
+        self.expect = expect
+        self.conns = [http.client.HTTPConnection(HOST, port, timeout=timeout) for _ in range(connections)]
 
     def run(self, path, n, strict=True):
         failures = []
@@ -415,7 +417,7 @@ class Client:
                     conn.request("GET", path)
                     r = conn.getresponse()
                     r.read()
-                    if r.status != 200:
+                    if r.status != self.expect:
                         failures.append(r.status)
             except OSError as e:
                 failures.append(repr(e))
@@ -427,43 +429,7 @@ class Client:
         for t in threads:
             t.join()
         if failures and strict:
-            sys.exit(f"GET {path}: {len(failures)} of {n} requests failed, e.g. {failures[0]}")
-
-    def close(self):
-        for c in self.conns:
-            c.close()
-
-
-class Wave:
-    """The hung path's load: `n` requests at once, each on a keep-alive
-    connection of its own (kept from wave to wave, as wrk keeps its), each
-    expected to end in service-b's 503."""
-
-    def __init__(self, port):
-        self.port, self.conns = port, []
-
-    def run(self, path, n, strict=True):
-        while len(self.conns) < n:
-            self.conns.append(http.client.HTTPConnection(HOST, self.port, timeout=120))
-        failures = []
-
-        def send(conn):
-            try:
-                conn.request("GET", path)
-                r = conn.getresponse()
-                r.read()
-                if r.status != 503:
-                    failures.append(r.status)
-            except OSError as e:
-                failures.append(repr(e))
-
-        threads = [threading.Thread(target=send, args=(c,)) for c in self.conns[:n]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failures and strict:
-            sys.exit(f"GET {path} against a hung service-a: {len(failures)} of {n} did not end in 503, "
+            sys.exit(f"GET {path}: {len(failures)} of {n} requests did not end in {self.expect}, "
                      f"e.g. {failures[0]}")
 
     def close(self):
@@ -496,7 +462,8 @@ def hung_instructions(args, b_bin, env, tmp):
             "--upstream-timeout", "1s", "--breaker-failures", "0", "--max-in-flight", "100000"]
     try:
         return instructions_per_request(argv, env, PORTS["b"], CALL, args, tmp, "b_hung", args.settle,
-                                        client=Wave(PORTS["b"]), n=args.hung_calls)
+                                        client=Client(PORTS["b"], args.hung_calls, expect=503, timeout=120),
+                                        n=args.hung_calls)
     finally:
         listener.close()
         for c in held:

@@ -9,9 +9,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, Key, KeyValue, Value, global};
+use opentelemetry::{Context, Key, KeyValue, Value};
 use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
     USER_AGENT_ORIGINAL,
@@ -119,6 +121,9 @@ pub struct Observe {
     duration: Arc<Durations<ServerKey>>,
     /// `<daemon>.degraded`, the span attribute that marks a degraded answer.
     degraded_key: Key,
+    /// Reads the caller's `traceparent` (W3C trace context only, as the
+    /// global propagator is set up; held here, not looked up per request).
+    propagator: TraceContextPropagator,
     /// Names of the endpoints seen so far.
     endpoints: Arc<Endpoints>,
 }
@@ -134,7 +139,12 @@ impl Observe {
         );
         Self {
             duration: Arc::new(duration),
-            degraded_key: Key::new(format!("{}.degraded", name.replace('-', "_"))),
+            // Shared, not copied, by every degraded request's span.
+            degraded_key: Key::new(Arc::<str>::from(format!(
+                "{}.degraded",
+                name.replace('-', "_")
+            ))),
+            propagator: TraceContextPropagator::new(),
             endpoints: Arc::default(),
         }
     }
@@ -154,36 +164,38 @@ impl Handler for Observe {
         let endpoint = self.endpoints.get(method, req.matched_path());
         // The SERVER span, continuing the caller's `traceparent`; the
         // handlers find it as the current OpenTelemetry context.
-        let cx = match tracer() {
-            Some(tracer) => {
-                let parent =
-                    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-                let mut attributes = Vec::with_capacity(10);
-                attributes.extend([
-                    KeyValue::new(HTTP_REQUEST_METHOD, method),
-                    KeyValue::new(URL_SCHEME, "http"),
-                    KeyValue::new(URL_PATH, req.uri().path().to_owned()),
-                ]);
-                // Says who called: `lab-traffic/1 (synthetic)` marks test traffic.
-                if let Some(agent) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
-                    attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, agent.to_owned()));
-                }
-                if let Some(route) = endpoint.route {
-                    attributes.push(KeyValue::new(HTTP_ROUTE, route));
-                }
-                let span = tracer
-                    .span_builder(endpoint.span_name)
-                    .with_kind(SpanKind::Server)
-                    .with_attributes(attributes)
-                    .start_with_context(tracer, &parent);
-                parent.with_span(span)
+        let cx = tracer().map(|tracer| {
+            let parent = self.propagator.extract(&HeaderExtractor(req.headers()));
+            let mut attributes = Vec::with_capacity(10);
+            attributes.extend([
+                KeyValue::new(HTTP_REQUEST_METHOD, method),
+                KeyValue::new(URL_SCHEME, "http"),
+                KeyValue::new(URL_PATH, req.uri().path().to_owned()),
+            ]);
+            // Says who called: `lab-traffic/1 (synthetic)` marks test traffic.
+            if let Some(agent) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
+                attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, agent.to_owned()));
             }
-            None => Context::new(),
-        };
+            if let Some(route) = endpoint.route {
+                attributes.push(KeyValue::new(HTTP_ROUTE, route));
+            }
+            let span = tracer
+                .span_builder(endpoint.span_name)
+                .with_kind(SpanKind::Server)
+                .with_attributes(attributes)
+                .start_with_context(tracer, &parent);
+            parent.with_span(span)
+        });
 
-        ctrl.call_next(req, depot, res)
-            .with_context(cx.clone())
-            .await;
+        // With traces off there is no context to make current.
+        match &cx {
+            Some(cx) => {
+                ctrl.call_next(req, depot, res)
+                    .with_context(cx.clone())
+                    .await
+            }
+            None => ctrl.call_next(req, depot, res).await,
+        };
 
         let status = res.status_code.unwrap_or(StatusCode::OK);
 
@@ -196,8 +208,10 @@ impl Handler for Observe {
             None if status.is_server_error() => Some(code.to_string().into()),
             None => None,
         };
-        let span = cx.span();
-        if span.is_recording() {
+        let span = cx.as_ref().map(Context::span);
+        if let Some(span) = &span
+            && span.is_recording()
+        {
             let mut end = Vec::with_capacity(3);
             end.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)));
             if let Some(error_type) = &error_type {
@@ -209,7 +223,9 @@ impl Handler for Observe {
             }
             span.set_attributes(end);
         }
-        span.end();
+        if let Some(span) = &span {
+            span.end();
+        }
 
         let key = (method, endpoint.route, code, degraded.map(|d| d.kind));
         self.duration.record(elapsed.as_secs_f64(), key, || {
@@ -234,10 +250,13 @@ impl Handler for Observe {
             code,
             Micros(elapsed.as_micros() as u64),
             degraded,
-            &TraceId(span.span_context()),
+            &TraceId(span.as_ref().map_or(&NO_SPAN, |s| s.span_context())),
         );
     }
 }
+
+/// The span context of a request that has no span (traces off).
+static NO_SPAN: SpanContext = SpanContext::NONE;
 
 /// A latency, shown in milliseconds with three decimals; integer arithmetic,
 /// because a float's formatting costs more than the rest of the line.

@@ -16,7 +16,7 @@ use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{BoundHistogram, Histogram, ObservableGauge};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -385,7 +385,11 @@ fn host_name() -> String {
 /// The trace id of the current request's span as 32 hex digits, if it is
 /// traced.
 pub fn current_trace_id() -> Option<String> {
-    Context::map_current(|cx| trace_id_of(cx.span().span_context()))
+    Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.trace_id().to_string())
+    })
 }
 
 /// Lower-case hex of `bytes`, two digits a byte, into `out` (trace and span
@@ -396,11 +400,6 @@ pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0xf)];
     }
-}
-
-/// The trace id of `span` as 32 hex digits, if it belongs to a trace.
-pub fn trace_id_of(span: &SpanContext) -> Option<String> {
-    span.is_valid().then(|| span.trace_id().to_string())
 }
 
 #[cfg(test)]
