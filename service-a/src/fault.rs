@@ -280,18 +280,49 @@ mod tests {
     fn every_kind_parses_and_prints_back() {
         for s in [
             "off",
-            "delay=1s 500ms",
+            "delay=1500ms",
             "hang",
             "status=503",
             "garbage",
             "reset ratio=0.1",
-            "delay=200ms..1s 500ms ratio=0.5",
+            "delay=200ms..1500ms ratio=0.5",
+            "delay=2s",
+            "delay=90s",
+            "delay=10m",
         ] {
-            let fault = parse(&s.replace("1s 500ms", "1500ms")).unwrap();
+            let fault = parse(s).unwrap();
             assert_eq!(fault.to_string(), s, "{s}");
         }
         assert_eq!(parse("").unwrap(), Fault::OFF);
         assert_eq!(parse("status=500 ratio=10%").unwrap().ratio, 0.1);
+    }
+
+    #[test]
+    fn what_is_shown_pastes_back_as_the_same_fault() {
+        // `/health` and `systemctl status` show a fault as Display writes
+        // it: a user copies that into the fault file.
+        for written in [
+            "delay=1500ms",
+            "delay=1s500ms",
+            "delay=1m30s",
+            "delay=5m",
+            "delay=250us",
+            "delay=1ns..1ms",
+            "delay=0s..1001ms ratio=0.25",
+            "delay=1000000001ns",
+            "reset ratio=10%",
+            "status=503 ratio=0.3333",
+            "hang ratio=1",
+        ] {
+            let fault = parse(written).unwrap();
+            let shown = fault.to_string();
+            assert_eq!(
+                parse(&shown),
+                Ok(fault),
+                "{written:?} is shown as {shown:?}"
+            );
+            assert!(!shown.contains("  "), "{shown:?}");
+        }
     }
 
     #[test]

@@ -232,9 +232,27 @@ fn parse_header_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Formats a duration the way the flags accept it (`1s`, `250ms`).
+/// Formats a duration as one word that every setting (and service-a's fault
+/// file, which splits on spaces) reads back as the same duration: a whole
+/// number of the largest unit that divides it (`5s`, `1500ms`, `90m`).
 pub fn show_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (per, unit) = UNITS
+        .iter()
+        .find(|(per, _)| nanos % per == 0)
+        .unwrap_or(&(1, "ns"));
+    format!("{}{unit}", nanos / per)
 }
 
 /// Turns a clap error into what the contract promises: help and version go
@@ -312,7 +330,23 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
         assert!(parse_duration("24h 1ns").is_err());
         assert!(parse_duration("500000000y").is_err());
-        assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
+    }
+
+    #[test]
+    fn durations_are_shown_as_one_word_that_parses_back() {
+        for (d, shown) in [
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_nanos(1_000_000_001), "1000000001ns"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(show_duration(d), shown);
+            assert_eq!(humantime::parse_duration(shown), Ok(d), "{shown}");
+        }
     }
 
     #[test]
