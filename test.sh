@@ -12,7 +12,8 @@ sudo=
 # curl and pgrep drive the daemons in the shell tests below; Go builds the
 # observability stack; python3-yaml reads its YAML files, socat publishes its
 # ports, iproute2 makes its network namespaces; python3 and valgrind
-# (callgrind) count instructions per request.
+# (callgrind) count instructions per request; strace shows the order in
+# which a daemon starts (its signal handlers come first).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
@@ -21,6 +22,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v python3 >/dev/null || missing+=(python3)
 command -v valgrind >/dev/null || missing+=(valgrind)
+command -v strace >/dev/null || missing+=(strace)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||

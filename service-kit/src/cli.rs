@@ -47,6 +47,9 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Validate the configuration, print it, and exit without serving.
     pub check_config: bool,
+    /// Not a daemon: ask the one running as this process to reload, and
+    /// report its answer (`ExecReload=`, see [`crate::reload`]).
+    pub reload: Option<u32>,
     /// Limits on what clients may do to the server.
     pub limits: ServerLimits,
 }
@@ -136,6 +139,13 @@ pub fn with_server_args(cmd: Command, env_prefix: &str, default_listen: &str) ->
         .arg(arg(&HEADER_TIMEOUT, "10s".to_owned()).value_parser(parse_duration))
         .arg(arg(&IDLE_TIMEOUT, "60s".to_owned()).value_parser(parse_duration))
         .arg(
+            clap::Arg::new("reload")
+                .long("reload")
+                .value_name("PID")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help("Ask the daemon running as PID to re-read what it can change (SIGHUP) and wait for its answer: exit 0 once in force, 1 with the reason if refused (what `systemctl reload` runs)"),
+        )
+        .arg(
             clap::Arg::new("check-config")
                 .long("check-config")
                 .action(ArgAction::SetTrue)
@@ -151,6 +161,7 @@ impl ServerSettings {
             max_msg_bytes: value(m, MAX_MSG_BYTES.long)?,
             shutdown_timeout: value(m, SHUTDOWN_TIMEOUT.long)?,
             check_config: m.get_flag("check-config"),
+            reload: m.get_one::<u32>("reload").copied(),
             limits: ServerLimits {
                 max_connections: value(m, MAX_CONNECTIONS.long)?,
                 max_header_bytes: value(m, MAX_HEADER_BYTES.long)?,
@@ -250,7 +261,7 @@ pub fn show_duration(d: Duration) -> String {
     }
     let (per, unit) = UNITS
         .iter()
-        .find(|(per, _)| nanos % per == 0)
+        .find(|(per, _)| nanos.is_multiple_of(*per))
         .unwrap_or(&(1, "ns"));
     format!("{}{unit}", nanos / per)
 }

@@ -7,7 +7,7 @@
 //! and JSON 404/405 ([`policy`]),
 //! OpenTelemetry export ([`telemetry`]), the listening socket
 //! ([`listener`]), the systemd protocol ([`notify`]) and watchdog
-//! ([`watchdog`]), signals ([`signals`])
+//! ([`watchdog`]), signals ([`signals`]), `systemctl reload` ([`reload`])
 //! and the lifecycle that ties them together ([`daemon`]).
 
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod notify;
 pub mod observe;
 pub mod policy;
 pub mod query;
+pub mod reload;
 pub mod signals;
 pub mod telemetry;
 pub mod watchdog;

@@ -365,6 +365,16 @@ impl Proc {
         self.addr = addr;
     }
 
+    /// Whether it has sent `READY=1`.
+    pub fn is_ready(&self) -> bool {
+        self.ready_addr().is_some()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     fn ready_addr(&self) -> Option<SocketAddr> {
         let notes = self.notes.lock().unwrap();
         let (_, ready) = notes

@@ -324,3 +324,165 @@ pub async fn every_answer_carries_the_common_headers(d: &Daemon) {
         );
     }
 }
+
+/// One request on `conn` (kept alive), its answer read to the end: the status.
+async fn exchange(conn: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if body.len() >= length {
+                    return head.split(' ').nth(1).unwrap().parse().unwrap();
+                }
+            }
+        }
+    };
+    tokio::time::timeout(EXIT_WITHIN, read).await.unwrap()
+}
+
+/// Waits for the server to close `conn`; how long that took.
+async fn closed_after(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = async {
+        if let Ok(n @ 1..) = conn.read(&mut buf).await {
+            panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(within, closed)
+        .await
+        .unwrap_or_else(|_| panic!("the connection was still open after {within:?}"));
+    start.elapsed()
+}
+
+/// An idle keep-alive connection stays open for `--idle-timeout` (however
+/// short `--header-timeout` is) and is closed once it has passed; a request
+/// begun on it and left unfinished is cut at the header timeout.
+pub async fn an_idle_connection_lasts_the_idle_timeout_and_no_shorter(d: &Daemon) {
+    let proc = d
+        .proc()
+        .args(["--header-timeout", "1s", "--idle-timeout", "3s"])
+        .spawn()
+        .await;
+    let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+    assert_eq!(exchange(&mut conn).await, 200);
+    // Idle for twice the header timeout: still open, and it serves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(exchange(&mut conn).await, 200, "{}", d.name);
+    let idle = closed_after(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        idle >= Duration::from_millis(2950),
+        "{}: an idle connection was closed after {idle:?}, before --idle-timeout 3s",
+        d.name
+    );
+
+    // The next request's head, begun and never finished: the header
+    // timeout applies from its first byte, not the idle timeout.
+    let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+    assert_eq!(exchange(&mut conn).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"GET /health HTTP/1.1\r\nHo").await.unwrap();
+    let cut = closed_after(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        (Duration::from_millis(950)..Duration::from_millis(2900)).contains(&cut),
+        "{}: an unfinished head was cut after {cut:?}; --header-timeout is 1s",
+        d.name
+    );
+}
+
+/// A SIGHUP that comes while the daemon starts (`systemctl reload` just
+/// after `start`, or a script's `kill -HUP`) is handled, never fatal.
+/// Nothing can catch a signal before the program's own code runs, so the
+/// promise is that the handler comes first: before the daemon starts its
+/// first thread, i.e. before anything that takes time (seen through strace,
+/// which shows the order of system calls exactly). Then a daemon sent
+/// SIGHUP every millisecond from then until `READY=1` becomes ready and
+/// serves.
+pub async fn a_sighup_while_starting_is_not_fatal(d: &Daemon) {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("strace");
+    let trace_arg = trace.to_str().unwrap();
+    let mut traced = d
+        .proc()
+        .via(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=rt_sigaction,clone,clone3",
+            "-o",
+            trace_arg,
+        ])
+        .spawn()
+        .await;
+    // The daemon is strace's child: SIGTERM goes to it, and strace ends with it.
+    let strace = traced.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
+    let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    kill(Pid::from_raw(daemon), Sig::SIGTERM).unwrap();
+    traced.wait_exit(EXIT_WITHIN).await;
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let handled = calls
+        .lines()
+        .position(|l| l.contains("rt_sigaction(SIGHUP, {sa_handler=0x"));
+    let first_thread = calls.lines().position(|l| l.contains("clone"));
+    assert!(
+        matches!((handled, first_thread), (Some(h), Some(t)) if h < t),
+        "{}: SIGHUP must be handled before the first thread starts:\n{calls}",
+        d.name
+    );
+
+    for start in 0..4 {
+        let mut proc = d.proc().spawn_unready();
+        let pid = Pid::from_raw(proc.pid() as i32);
+        crate::eventually("SIGHUP to be handled", EXIT_WITHIN, || {
+            let handled = catches(pid.as_raw(), Sig::SIGHUP);
+            async move { handled.then_some(()) }
+        })
+        .await;
+        let mut sent = 0;
+        while !proc.is_ready() {
+            if let Some(status) = proc.exited() {
+                panic!(
+                    "{} (start {start}) ended ({status}) after {sent} SIGHUP while starting:\n{}",
+                    d.name,
+                    proc.logs()
+                );
+            }
+            let _ = kill(pid, Sig::SIGHUP);
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proc.wait_ready().await;
+        let health = crate::Client::new().get(&proc.url("/health")).await;
+        assert_eq!(health.status, 200, "{} after {sent} SIGHUP", d.name);
+    }
+}
+
+/// Whether process `pid` has a handler for `signal` (`SigCgt` in its status).
+fn catches(pid: i32, signal: Sig) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}
