@@ -11,6 +11,7 @@ use salvo::fuse::FuseConfig;
 use salvo::{Router, Server, Service};
 
 use crate::cli::{self, ConfigError, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
+use crate::connection::{ClockedAcceptor, Clocks};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
 use crate::policy::ResponsePolicy;
@@ -247,13 +248,23 @@ async fn run<D: Daemon>(
     })?;
 
     let limits = settings.limits;
+    // The header and idle timeouts are the connection's own clocks (see the
+    // connection module): hyper's header clock, and salvo's, which counts
+    // any silence (a slow answer too), are off.
     let fuse = FuseConfig::default()
-        .with_http1_header_timeout(limits.header_timeout)
-        .with_connection_idle_timeout(limits.idle_timeout);
-    let mut server = Server::new(acceptor)
+        .with_http1_header_timeout(None)
+        .with_connection_idle_timeout(None);
+    let clocks = Clocks {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+    };
+    let mut server = Server::new(ClockedAcceptor::new(acceptor, clocks))
         .fuse_config(fuse)
         .max_connections(limits.max_connections);
-    server.http1_mut().max_buf_size(limits.max_header_bytes);
+    server
+        .http1_mut()
+        .max_buf_size(limits.max_header_bytes)
+        .header_read_timeout(None);
     let handle = server.handle();
     let mut serving = tokio::spawn(server.try_serve(service::<D>(app.router)));
 

@@ -6,11 +6,12 @@
 //! the server span, metrics and access log ([`observe`]), the common headers
 //! and JSON 404/405 ([`policy`]),
 //! OpenTelemetry export ([`telemetry`]), the listening socket
-//! ([`listener`]), the systemd protocol ([`notify`]) and watchdog
+//! ([`listener`]) and each connection's timeouts ([`connection`]), the systemd protocol ([`notify`]) and watchdog
 //! ([`watchdog`]), signals ([`signals`]), `systemctl reload` ([`reload`])
 //! and the lifecycle that ties them together ([`daemon`]).
 
 pub mod cli;
+pub mod connection;
 pub mod daemon;
 pub mod error;
 pub mod health;

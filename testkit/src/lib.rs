@@ -124,6 +124,7 @@ macro_rules! daemon_contract_tests {
             program::the_shipped_settings_files_show_every_setting_with_its_default,
             program::every_answer_carries_the_common_headers,
             program::a_sighup_while_starting_is_not_fatal,
+            program::an_idle_connection_lasts_the_idle_timeout_and_no_shorter,
             systemd::ready_comes_with_a_status_a_person_can_read_and_only_once_serving,
             systemd::stopping_is_announced_when_the_drain_starts,
             systemd::ready_arrives_on_a_notify_socket_of_either_form,

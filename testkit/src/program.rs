@@ -385,8 +385,8 @@ pub async fn an_idle_connection_lasts_the_idle_timeout_and_no_shorter(d: &Daemon
     assert_eq!(exchange(&mut conn).await, 200, "{}", d.name);
     let idle = closed_after(&mut conn, Duration::from_secs(10)).await;
     assert!(
-        idle >= Duration::from_millis(2950),
-        "{}: an idle connection was closed after {idle:?}, before --idle-timeout 3s",
+        (Duration::from_millis(2950)..Duration::from_secs(5)).contains(&idle),
+        "{}: an idle connection was closed after {idle:?}; --idle-timeout is 3s",
         d.name
     );
 
