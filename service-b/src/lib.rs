@@ -304,7 +304,7 @@ fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
     let http_status = e.http_status();
     depot.insert_typed(Degraded {
         kind: e.kind.as_str(),
-        upstream_status: http_status,
+        status: http_status,
     });
     // The request's SERVER span: the event says why on the span itself.
     let cx = Context::current();

@@ -13,15 +13,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_RESEND_COUNT, HTTP_RESPONSE_STATUS_CODE,
     SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_TEMPLATE,
 };
 use opentelemetry_semantic_conventions::metric::HTTP_CLIENT_REQUEST_DURATION;
 use reqwest::Client;
-use reqwest::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
-use service_kit::telemetry::{Durations, current_trace_id, hex_into, tracer};
+use reqwest::header::{CONTENT_TYPE, HOST, HeaderValue};
+use service_kit::durations::Durations;
+use service_kit::telemetry::tracer;
+use service_kit::trace_id::{TRACEPARENT, current_trace_id, traceparent};
 use url::Url;
 
 /// Why an answer is degraded: the contract's `error` values. The first five
@@ -123,9 +125,6 @@ impl UpstreamError {
         }
     }
 }
-
-/// The W3C trace context header.
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// service-a, as service-b calls it.
 #[derive(Debug, Clone)]
@@ -433,19 +432,6 @@ impl Upstream {
             format!("calling service-a failed: {}", chain(e)),
         )
     }
-}
-
-/// The W3C `traceparent` of a span, written without the propagator's
-/// formatting and its empty `tracestate`: `00-<trace id>-<span id>-<flags>`.
-fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
-    if !sc.is_valid() {
-        return None;
-    }
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
-    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
-    hex_into(&mut out[53..55], &[sc.trace_flags().to_u8()]);
-    HeaderValue::from_bytes(&out).ok()
 }
 
 /// Error bodies up to this size are read (and dropped), so that the
