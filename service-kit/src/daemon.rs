@@ -394,12 +394,7 @@ async fn reload(
 /// file, and a soft limit of 1024 (the usual default) would stop accepting
 /// long before `--max-connections`. Under systemd, `LimitNOFILE=` sets both.
 fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 /// The one line a failure to start prints, and its exit status.

@@ -7,17 +7,21 @@
 //! subscriber lookup per attribute and per poll. The rare lifecycle
 //! operations (a reload) are `tracing` spans that tracing-opentelemetry
 //! bridges, and `tracing` stays the way to log. A batch processor on its own
-//! thread exports spans, and a periodic reader exports cumulative metrics. A collector that is down, refuses or never answers
-//! only costs that thread its export timeout: the bounded queue drops what
-//! does not fit and requests never wait. On exit both are flushed within a
-//! bound shorter than the unit's `TimeoutStopSec=`.
+//! thread exports spans, and a periodic reader exports cumulative metrics. A
+//! collector that is down, refuses or never answers only costs that thread
+//! its export timeout: the bounded queue drops what does not fit and
+//! requests never wait. On exit both are flushed within a bound shorter than
+//! the unit's `TimeoutStopSec=`.
+//!
+//! This file starts and stops the providers; recording durations is
+//! [`crate::durations`]'s, trace ids and `traceparent` [`crate::trace_id`]'s.
 
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{BoundHistogram, Histogram, ObservableGauge};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::metrics::ObservableGauge;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -44,74 +48,6 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// are off (or telemetry has not started), and then no span is made at all.
 pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
-}
-
-/// The semantic conventions' buckets for HTTP durations, in seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-
-/// An HTTP duration histogram as the semantic conventions define it
-/// (seconds, [`DURATION_BUCKETS`]), recorded through the SDK's bound
-/// instruments: each attribute set is bound once, under a small key `K` the
-/// caller derives it from (route, status, error kind), and a record is then
-/// a scan of the few keys seen so far, where an unbound record hashes every
-/// attribute of every call. Takes the global meter provider: make it after
-/// telemetry has started, or it stays a no-op.
-#[derive(Debug)]
-pub struct Durations<K> {
-    /// The instrument.
-    histogram: Histogram<f64>,
-    /// The attribute sets bound so far, by key.
-    bound: RwLock<Vec<(K, BoundHistogram<f64>)>>,
-}
-
-/// Most attribute sets bound per histogram. The keys are a small product
-/// (routes, statuses, error kinds), so this is never reached in practice;
-/// past it, records are unbound, as before.
-const MAX_BOUND: usize = 256;
-
-impl<K: Copy + PartialEq> Durations<K> {
-    /// The histogram `name` of meter `meter`.
-    pub fn new(meter: &'static str, name: &'static str, description: &'static str) -> Self {
-        let histogram = global::meter(meter)
-            .f64_histogram(name)
-            .with_unit("s")
-            .with_description(description)
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build();
-        Self {
-            histogram,
-            bound: RwLock::default(),
-        }
-    }
-
-    /// Records `seconds` under the attribute set that `key` stands for;
-    /// `attributes` makes that set, the first time `key` is seen only.
-    pub fn record(&self, seconds: f64, key: K, attributes: impl FnOnce() -> Vec<KeyValue>) {
-        let bound = self.bound.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, histogram)) = bound.iter().find(|(k, _)| *k == key) {
-            return histogram.record(seconds);
-        }
-        let full = bound.len() >= MAX_BOUND;
-        drop(bound);
-        let attributes = attributes();
-        if full {
-            return self.histogram.record(seconds, &attributes);
-        }
-        let mut bound = self.bound.write().unwrap_or_else(PoisonError::into_inner);
-        // Another request may have bound it meanwhile.
-        let histogram = match bound.iter().find(|(k, _)| *k == key) {
-            Some((_, histogram)) => histogram.clone(),
-            None => {
-                let histogram = self.histogram.bind(&attributes);
-                bound.push((key, histogram.clone()));
-                histogram
-            }
-        };
-        drop(bound);
-        histogram.record(seconds);
-    }
 }
 
 /// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
@@ -382,26 +318,6 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// The trace id of the current request's span as 32 hex digits, if it is
-/// traced.
-pub fn current_trace_id() -> Option<String> {
-    Context::map_current(|cx| {
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| sc.trace_id().to_string())
-    })
-}
-
-/// Lower-case hex of `bytes`, two digits a byte, into `out` (trace and span
-/// ids, written without `core::fmt`).
-pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -414,13 +330,6 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         TelemetrySettings::from_lookup(|k| vars.get(k).cloned())
-    }
-
-    #[test]
-    fn hex_digits() {
-        let mut out = *b"----";
-        hex_into(&mut out, &[0x0f, 0xa1]);
-        assert_eq!(&out, b"0fa1");
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub use prom::{
 /// service-a's binary, so a binary older than the sources it is built from
 /// is refused, by the rule cargo itself uses (modification times), rather
 /// than tested in place of the code at hand.
+///
+/// Why not escargot, which would build the binary from the test: it runs
+/// `cargo build` of that one package, and cargo resolves its features apart
+/// from the workspace's test build (here libc, futures-util and reqwest get
+/// fewer), so most of the dependency tree is built a second time, the two
+/// builds take turns replacing `target/debug/service-a`, and the first
+/// build happens inside a test with a timeout. A clear refusal of a stale
+/// binary costs none of that.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
@@ -208,9 +216,7 @@ pub fn black_hole() -> std::net::SocketAddr {
 /// Lifts this process's soft limit on open files to the hard limit, for
 /// tests that open thousands of connections (the daemons it starts inherit it).
 pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`...).
