@@ -191,7 +191,7 @@ pub fn main<D: Daemon>() -> ExitCode {
     let (telemetry, otel_layer) = if settings.check_config {
         (Telemetry::default(), None)
     } else {
-        match Telemetry::start(otel, D::NAME, D::VERSION) {
+        match Telemetry::start(&otel, D::NAME, D::VERSION) {
             Ok(started) => started,
             Err(e) => return fail::<D>(&StartError::Startup(e)),
         }

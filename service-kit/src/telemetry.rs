@@ -52,12 +52,16 @@ pub fn tracer() -> Option<&'static SdkTracer> {
 
 /// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
 /// `OTEL_METRICS_EXPORTER` and the protocol variables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetrySettings {
     /// Export spans.
     pub traces: bool,
     /// Export metrics.
     pub metrics: bool,
+    /// Where spans go, as opentelemetry-otlp resolves it (see [`endpoint`]).
+    pub traces_to: String,
+    /// Where metrics go.
+    pub metrics_to: String,
 }
 
 impl TelemetrySettings {
@@ -96,22 +100,29 @@ impl TelemetrySettings {
                 }
             }
         }
-        Ok(Self { traces, metrics })
+        Ok(Self {
+            traces,
+            metrics,
+            traces_to: endpoint(&var, "TRACES"),
+            metrics_to: endpoint(&var, "METRICS"),
+        })
     }
 
-    /// One line for `systemctl status` and `--check-config`.
+    /// One line for `systemctl status` and `--check-config`: what is
+    /// exported, and where each signal really goes.
     pub fn summary(&self) -> String {
-        let what = match (self.traces, self.metrics) {
-            (false, false) => return "telemetry off".to_owned(),
-            (true, true) => "traces and metrics",
-            (true, false) => "traces",
-            (false, true) => "metrics",
-        };
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        format!("OTLP {what} to {endpoint}")
+        match (self.traces, self.metrics) {
+            (false, false) => "telemetry off".to_owned(),
+            (true, true) if self.traces_to == self.metrics_to => {
+                format!("OTLP traces and metrics to {}", self.traces_to)
+            }
+            (true, true) => format!(
+                "OTLP traces to {}, metrics to {}",
+                self.traces_to, self.metrics_to
+            ),
+            (true, false) => format!("OTLP traces to {}", self.traces_to),
+            (false, true) => format!("OTLP metrics to {}", self.metrics_to),
+        }
     }
 }
 
@@ -123,6 +134,9 @@ pub struct Telemetry {
     /// `process.uptime`, exported at every interval even when no request
     /// comes: the heartbeat a "no data from this daemon" alert watches.
     _uptime: Option<ObservableGauge<f64>>,
+    /// Where each signal goes, to check before the last flush.
+    traces_to: String,
+    metrics_to: String,
 }
 
 impl Telemetry {
@@ -131,14 +145,18 @@ impl Telemetry {
     /// `tracing` spans (the lifecycle's) into OpenTelemetry spans. Call before creating any instrument:
     /// a meter taken earlier stays a no-op.
     pub fn start(
-        settings: TelemetrySettings,
+        settings: &TelemetrySettings,
         service: &str,
         version: &str,
     ) -> Result<(Self, Option<BoxedLayer>), String> {
         // W3C trace context only: nothing here reads or sets baggage.
         global::set_text_map_propagator(TraceContextPropagator::new());
         let resource = resource(service, version);
-        let mut telemetry = Self::default();
+        let mut telemetry = Self {
+            traces_to: settings.traces_to.clone(),
+            metrics_to: settings.metrics_to.clone(),
+            ..Self::default()
+        };
         let mut layer = None;
         if settings.traces {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -214,11 +232,11 @@ impl Telemetry {
     /// socket activation, the connections queued for the next process).
     pub async fn shutdown(self, bound: Duration) {
         let tracer = match self.tracer {
-            Some(t) if reachable("TRACES").await => Some(t),
+            Some(t) if reachable("traces", &self.traces_to).await => Some(t),
             _ => None,
         };
         let meter = match self.meter {
-            Some(m) if reachable("METRICS").await => Some(m),
+            Some(m) if reachable("metrics", &self.metrics_to).await => Some(m),
             _ => None,
         };
         if tracer.is_none() && meter.is_none() {
@@ -246,19 +264,19 @@ impl Telemetry {
 }
 
 /// Where a signal's exports go, as opentelemetry-otlp resolves it: the
-/// per-signal variable as given, else the base endpoint, else the default.
-fn endpoint(signal: &str) -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+/// per-signal variable as given, else the base endpoint (to which it adds
+/// `/v1/<signal>`), else the default.
+fn endpoint(var: impl Fn(&str) -> Option<String>, signal: &str) -> String {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+        .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
 }
 
-/// Whether something accepts connections at a signal's collector (within
-/// 250 ms). Says so in the log when not.
-async fn reachable(signal: &str) -> bool {
-    let endpoint = endpoint(signal);
-    let Some((host, port)) = url::Url::parse(&endpoint).ok().and_then(|u| {
+/// Whether something accepts connections at a signal's collector,
+/// `endpoint` (within 250 ms). Says so in the log when not.
+async fn reachable(signal: &str, endpoint: &str) -> bool {
+    let Some((host, port)) = url::Url::parse(endpoint).ok().and_then(|u| {
         Some((
             u.host_str()?.trim_matches(['[', ']']).to_owned(),
             u.port_or_known_default()?,
@@ -271,8 +289,7 @@ async fn reachable(signal: &str) -> bool {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             tracing::warn!(
-                "OTLP collector at {endpoint} unreachable ({e}): {} not flushed on exit",
-                signal.to_lowercase()
+                "OTLP collector at {endpoint} unreachable ({e}): {signal} not flushed on exit"
             );
             false
         }
@@ -332,45 +349,64 @@ mod tests {
         TelemetrySettings::from_lookup(|k| vars.get(k).cloned())
     }
 
+    /// Which signals are on.
+    fn on(vars: &[(&str, &str)]) -> (bool, bool) {
+        let s = settings(vars).unwrap();
+        (s.traces, s.metrics)
+    }
+
     #[test]
     fn both_signals_on_by_default() {
+        assert_eq!(on(&[]), (true, true));
         assert_eq!(
-            settings(&[]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: true
-            })
+            settings(&[]).unwrap().summary(),
+            "OTLP traces and metrics to http://localhost:4318"
         );
     }
 
     #[test]
     fn each_signal_can_be_turned_off() {
-        let off = TelemetrySettings {
-            traces: false,
-            metrics: false,
-        };
-        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "true")]), Ok(off));
-        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "TRUE")]), Ok(off));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "true")]), (false, false));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "TRUE")]), (false, false));
+        assert_eq!(on(&[("OTEL_TRACES_EXPORTER", "none")]), (false, true));
+        assert_eq!(on(&[("OTEL_METRICS_EXPORTER", "none")]), (true, false));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "false")]), (true, true));
+        let summary = |vars: &[(&str, &str)]| settings(vars).unwrap().summary();
+        assert_eq!(summary(&[("OTEL_SDK_DISABLED", "true")]), "telemetry off");
         assert_eq!(
-            settings(&[("OTEL_TRACES_EXPORTER", "none")]),
-            Ok(TelemetrySettings {
-                traces: false,
-                metrics: true
-            })
+            summary(&[("OTEL_TRACES_EXPORTER", "none")]),
+            "OTLP metrics to http://localhost:4318"
         );
         assert_eq!(
-            settings(&[("OTEL_METRICS_EXPORTER", "none")]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: false
-            })
+            summary(&[("OTEL_METRICS_EXPORTER", "none")]),
+            "OTLP traces to http://localhost:4318"
         );
+    }
+
+    #[test]
+    fn each_signal_goes_to_its_own_endpoint_or_the_base() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:4318/v1/traces",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.traces_to, "http://t:4318/v1/traces");
+        assert_eq!(s.metrics_to, "http://base:4318");
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:4318/v1/metrics",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.traces_to, DEFAULT_ENDPOINT, "a blank variable is unset");
         assert_eq!(
-            settings(&[("OTEL_SDK_DISABLED", "false")]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: true
-            })
+            s.summary(),
+            "OTLP traces to http://localhost:4318, metrics to http://m:4318/v1/metrics"
         );
     }
 

@@ -141,6 +141,7 @@ macro_rules! daemon_contract_tests {
             systemd::watchdog_values_systemd_never_sends_neither_panic_nor_spin,
             systemd::no_watchdog_pings_unless_asked,
             systemd::a_socket_from_systemd_is_served_instead_of_binding,
+            systemd::the_status_names_each_signals_collector,
         );
     };
     (@each $daemon:expr; $($module:ident :: $test:ident),* $(,)?) => {

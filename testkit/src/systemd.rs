@@ -287,3 +287,37 @@ pub async fn the_watchdog_keeps_quiet_through_a_drain(builder: ProcBuilder, hung
         "the drain's status was replaced: {after:?}"
     );
 }
+
+/// `STATUS=` (what `systemctl status` shows) names where each signal is
+/// exported, the per-signal endpoints included: a user checking why no
+/// trace arrives reads the address the daemon really sends to.
+pub async fn the_status_names_each_signals_collector(d: &Daemon) {
+    let traces = "http://127.0.0.1:9/v1/traces";
+    let metrics = "http://127.0.0.1:7/v1/metrics";
+    let proc = d
+        .proc()
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces)
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics)
+        .spawn()
+        .await;
+    let status = last_status(&proc).unwrap();
+    assert!(
+        status.contains(&format!("OTLP traces to {traces}, metrics to {metrics}")),
+        "{}: {status}",
+        d.name
+    );
+    // One per-signal variable: the other signal goes to the base endpoint.
+    let base = proc.url("").replace("http://", "http://base-");
+    let proc = d
+        .proc()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str())
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics)
+        .spawn()
+        .await;
+    let status = last_status(&proc).unwrap();
+    assert!(
+        status.contains(&format!("OTLP traces to {base}, metrics to {metrics}")),
+        "{}: {status}",
+        d.name
+    );
+}
