@@ -316,23 +316,21 @@ fn resource(service: &str, version: &str) -> Resource {
     builder.build()
 }
 
-/// A fresh id per process: tells two runs of the same daemon apart.
+/// A fresh id per process (a random UUID): tells two runs of the same
+/// daemon apart.
 fn instance_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_nanos()))
+    uuid::Uuid::new_v4().to_string()
 }
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
+/// The host's name, from the system call: the units' `ProcSubset=pid`
+/// hides `/proc/sys/kernel/hostname`, and a name read from there would be
+/// missing on every installed daemon.
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 #[cfg(test)]
@@ -407,6 +405,21 @@ mod tests {
         assert_eq!(
             s.summary(),
             "OTLP traces to http://localhost:4318, metrics to http://m:4318/v1/metrics"
+        );
+    }
+
+    #[test]
+    fn the_host_is_named_and_each_process_is_an_instance() {
+        let uname = std::process::Command::new("uname")
+            .arg("-n")
+            .output()
+            .unwrap();
+        assert_eq!(host_name(), String::from_utf8_lossy(&uname.stdout).trim());
+        let (a, b) = (instance_id(), instance_id());
+        assert_ne!(a, b);
+        assert_eq!(
+            uuid::Uuid::parse_str(&a).map(|u| u.get_version_num()),
+            Ok(4)
         );
     }
 
