@@ -109,6 +109,25 @@ pub(crate) fn log_access(
     }
 }
 
+/// The line of a request whose client closed the connection before the
+/// answer (status 499, as nginx logs it). A WARN: a client that gives up is
+/// often the first sign that answers have become slow.
+pub(crate) fn log_client_closed(
+    method: &str,
+    endpoint: &str,
+    latency: Duration,
+    span: &SpanContext,
+) {
+    let latency = Micros(latency.as_micros() as u64);
+    let status = crate::observe::CLIENT_CLOSED;
+    tracing::warn!(
+        target: "access",
+        method, endpoint, status, latency_ms = %format_args!("{latency}"),
+        trace_id = %TraceId(span), trace_sampled = %Sampled(span),
+        "{method} {endpoint} {status} client closed the connection after {latency} ms, before the answer"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::{SpanId, TraceFlags, TraceId as OtelTraceId, TraceState};

@@ -23,7 +23,7 @@ use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::access::log_access;
+use crate::access::{log_access, log_client_closed};
 use crate::durations::Durations;
 use crate::telemetry::tracer;
 
@@ -110,7 +110,7 @@ impl Endpoints {
 }
 
 /// What a server duration's attributes derive from: method, route, status
-/// and the degraded kind.
+/// and the kind of failure (degraded, or the client gone).
 type ServerKey = (
     &'static str,
     Option<&'static str>,
@@ -192,8 +192,18 @@ impl Handler for Observe {
             parent.with_span(span)
         });
 
+        // Until the answer is decided, a dropped request (its client closed
+        // the connection, and hyper dropped this future) is recorded as 499.
+        let mut record = Record {
+            observe: self,
+            started,
+            method,
+            endpoint,
+            cx,
+            done: false,
+        };
         // With traces off there is no context to make current.
-        match &cx {
+        match &record.cx {
             Some(cx) => {
                 ctrl.call_next(req, depot, res)
                     .with_context(cx.clone())
@@ -203,17 +213,69 @@ impl Handler for Observe {
         };
 
         let status = res.status_code.unwrap_or(StatusCode::OK);
-
-        let elapsed = started.elapsed();
-        let code = status.as_u16();
         let degraded = depot.get_typed::<Degraded>().ok().copied();
-        // A server span is an error on 5xx only: a 4xx is the caller's mistake.
-        let error_type: Option<Value> = match degraded {
-            Some(d) => Some(d.kind.into()),
-            None if status.is_server_error() => Some(code.to_string().into()),
-            None => None,
+        record.finish(Outcome::Answered(status, degraded));
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// With this status, degraded or not.
+    Answered(StatusCode, Option<Degraded>),
+    /// The client closed the connection before the answer: nginx's 499.
+    ClientClosed,
+}
+
+/// The status nginx logs for a request whose client left before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+/// The `error.type` of such a request.
+const CLIENT_CLOSED_KIND: &str = "client_closed";
+
+/// One request being observed: its span, metric and access line, written
+/// once, when its answer is decided or when it is dropped unanswered.
+struct Record<'a> {
+    observe: &'a Observe,
+    started: Instant,
+    method: &'static str,
+    endpoint: Endpoint,
+    /// The SERVER span's context (traces on).
+    cx: Option<Context>,
+    /// Written already.
+    done: bool,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Outcome::ClientClosed);
+        }
+    }
+}
+
+impl Record<'_> {
+    fn finish(&mut self, outcome: Outcome) {
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        let (code, degraded) = match outcome {
+            Outcome::Answered(status, degraded) => (status.as_u16(), degraded),
+            Outcome::ClientClosed => (CLIENT_CLOSED, None),
         };
-        let span = cx.as_ref().map(Context::span);
+        // A server span is an error on 5xx only (a 4xx is the caller's
+        // mistake), on a degraded answer, and when the client left first:
+        // the request was never answered.
+        let (error_type, description): (Option<Value>, _) = match outcome {
+            Outcome::ClientClosed => (
+                Some(CLIENT_CLOSED_KIND.into()),
+                Some("the client closed the connection before the answer"),
+            ),
+            Outcome::Answered(_, Some(d)) => (Some(d.kind.into()), None),
+            Outcome::Answered(status, None) if status.is_server_error() => {
+                (Some(code.to_string().into()), None)
+            }
+            Outcome::Answered(..) => (None, None),
+        };
+        let span = self.cx.as_ref().map(Context::span);
         if let Some(span) = &span
             && span.is_recording()
         {
@@ -221,10 +283,11 @@ impl Handler for Observe {
             end.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)));
             if let Some(error_type) = &error_type {
                 end.push(KeyValue::new(ERROR_TYPE, error_type.clone()));
-                span.set_status(Status::error(error_type.to_string()));
+                let why = description.map_or_else(|| error_type.to_string(), str::to_owned);
+                span.set_status(Status::error(why));
             }
             if degraded.is_some() {
-                end.push(KeyValue::new(self.degraded_key.clone(), true));
+                end.push(KeyValue::new(self.observe.degraded_key.clone(), true));
             }
             span.set_attributes(end);
         }
@@ -232,31 +295,43 @@ impl Handler for Observe {
             span.end();
         }
 
-        let key = (method, endpoint.route, code, degraded.map(|d| d.kind));
-        self.duration.record(elapsed.as_secs_f64(), key, || {
-            let mut attributes = Vec::with_capacity(5);
-            attributes.extend([
-                KeyValue::new(HTTP_REQUEST_METHOD, method),
-                KeyValue::new(URL_SCHEME, "http"),
-                KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
-            ]);
-            if let Some(route) = endpoint.route {
-                attributes.push(KeyValue::new(HTTP_ROUTE, route));
-            }
-            if let Some(error_type) = error_type {
-                attributes.push(KeyValue::new(ERROR_TYPE, error_type));
-            }
-            attributes
-        });
+        let (method, route) = (self.method, self.endpoint.route);
+        let kind = match outcome {
+            Outcome::ClientClosed => Some(CLIENT_CLOSED_KIND),
+            Outcome::Answered(..) => degraded.map(|d| d.kind),
+        };
+        let key = (method, route, code, kind);
+        self.observe
+            .duration
+            .record(elapsed.as_secs_f64(), key, || {
+                let mut attributes = Vec::with_capacity(5);
+                attributes.extend([
+                    KeyValue::new(HTTP_REQUEST_METHOD, method),
+                    KeyValue::new(URL_SCHEME, "http"),
+                    KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
+                ]);
+                if let Some(route) = route {
+                    attributes.push(KeyValue::new(HTTP_ROUTE, route));
+                }
+                if let Some(error_type) = error_type {
+                    attributes.push(KeyValue::new(ERROR_TYPE, error_type));
+                }
+                attributes
+            });
 
-        log_access(
-            method,
-            endpoint.route.unwrap_or("(none)"),
-            code,
-            elapsed,
-            degraded.map(|d| (d.kind, d.status)),
-            span.as_ref().map_or(&NO_SPAN, |s| s.span_context()),
-        );
+        let span_context = span.as_ref().map_or(&NO_SPAN, |s| s.span_context());
+        let endpoint = route.unwrap_or("(none)");
+        match outcome {
+            Outcome::ClientClosed => log_client_closed(method, endpoint, elapsed, span_context),
+            Outcome::Answered(..) => log_access(
+                method,
+                endpoint,
+                code,
+                elapsed,
+                degraded.map(|d| (d.kind, d.status)),
+                span_context,
+            ),
+        }
     }
 }
 
