@@ -22,7 +22,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use service_kit::cli::show_duration;
@@ -214,7 +214,7 @@ pub fn read_file(path: &Path) -> Result<Fault, String> {
 pub struct Faults {
     /// Where the fault is read from, if anywhere.
     path: Option<PathBuf>,
-    active: RwLock<Arc<Fault>>,
+    active: RwLock<Fault>,
 }
 
 impl Faults {
@@ -231,16 +231,13 @@ impl Faults {
     pub fn with(path: Option<PathBuf>, fault: Fault) -> Self {
         Self {
             path,
-            active: RwLock::new(Arc::new(fault)),
+            active: RwLock::new(fault),
         }
     }
 
     /// The fault now.
-    pub fn active(&self) -> Arc<Fault> {
-        self.active
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub fn active(&self) -> Fault {
+        *self.active.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether this request is one the fault in force applies to: read in
@@ -255,16 +252,11 @@ impl Faults {
     /// Reads the file again. On an error the active fault stays.
     pub fn reload(&self) -> Result<Fault, String> {
         let Some(path) = &self.path else {
-            return Ok(*self.active());
+            return Ok(self.active());
         };
         let fault = read_file(path)?;
-        *self.active.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fault);
+        *self.active.write().unwrap_or_else(PoisonError::into_inner) = fault;
         Ok(fault)
-    }
-
-    /// The file, for messages.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 }
 
@@ -388,6 +380,6 @@ mod tests {
         assert_eq!(faults.active().to_string(), "status=502");
         std::fs::write(&path, "off").unwrap();
         assert_eq!(faults.reload().unwrap(), Fault::OFF);
-        assert_eq!(*faults.active(), Fault::OFF);
+        assert_eq!(faults.active(), Fault::OFF);
     }
 }

@@ -111,13 +111,13 @@ impl Protection {
     }
 }
 
-impl Default for Protection {
-    /// The defaults of the flags: 1024 in flight, open after 5 failures for 5 s.
-    fn default() -> Self {
-        Self {
-            in_flight: InFlight::new(1024),
-            breaker: Breaker::new(5, Duration::from_secs(5)),
-        }
+impl Args {
+    /// The settings as the flags' defaults give them (and the environment,
+    /// as for the daemon): what embedding the routes in a test starts from.
+    pub fn defaults() -> Result<Self, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        let cmd = Self::augment_args(clap::Command::new(ServiceB::NAME));
+        Self::from_arg_matches(&cmd.try_get_matches_from([ServiceB::NAME])?)
     }
 }
 

@@ -24,7 +24,6 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_semantic_conventions::resource::{
     HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_VERSION,
@@ -141,7 +140,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the exporters `settings` asks for, installs the global meter
-    /// provider, propagator and [`tracer`], and returns the layer that turns
+    /// provider and [`tracer`], and returns the layer that turns
     /// `tracing` spans (the lifecycle's) into OpenTelemetry spans. Call before creating any instrument:
     /// a meter taken earlier stays a no-op.
     pub fn start(
@@ -149,8 +148,6 @@ impl Telemetry {
         service: &str,
         version: &str,
     ) -> Result<(Self, Option<BoxedLayer>), String> {
-        // W3C trace context only: nothing here reads or sets baggage.
-        global::set_text_map_propagator(TraceContextPropagator::new());
         let resource = resource(service, version);
         let mut telemetry = Self {
             traces_to: settings.traces_to.clone(),
