@@ -196,10 +196,12 @@ pub fn main<D: Daemon>() -> ExitCode {
             Err(e) => return fail::<D>(&StartError::Startup(e)),
         }
     };
-    if let Some(warning) = logging::init(otel_layer.into_iter().collect()) {
+    let logging = logging::init(otel_layer.into_iter().collect());
+    if let Some(warning) = &logging.warning {
         tracing::warn!("{warning}");
     }
-    let code = runtime.block_on(async move {
+    let code = runtime.block_on(async {
+        logging.spawn_drop_reports();
         match run::<D>(settings, args, otel, shutdown).await {
             Ok(code) => {
                 telemetry.shutdown(FLUSH_BOUND).await;
@@ -215,6 +217,8 @@ pub fn main<D: Daemon>() -> ExitCode {
     // A flush that gave up may still block a thread on a collector that
     // never answers; dropping the runtime would wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    // Then the lines still buffered are written (within a second).
+    drop(logging);
     code
 }
 

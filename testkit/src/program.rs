@@ -486,3 +486,40 @@ fn catches(pid: i32, signal: Sig) -> bool {
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
 }
+
+/// A log reader that stalls (stderr piped into a paused `less`, a stuck
+/// collector) never stalls the answers: past a bounded buffer, lines are
+/// dropped and counted, and the count is logged once the reader is back.
+/// 6000 access lines are far more than the pipe (64 KiB) and the buffer
+/// (4096 lines) hold.
+pub async fn a_stalled_log_reader_stalls_no_answer_and_drops_are_counted(d: &Daemon) {
+    let mut proc = d.proc().stderr_paused().spawn().await;
+    let client = crate::Client::new();
+    let url = proc.url("/health");
+    let answered = async {
+        for _ in 0..6000 {
+            assert_eq!(client.get(&url).await.status, 200);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), answered)
+        .await
+        .unwrap_or_else(|_| panic!("{}: answers stalled behind a stalled log reader", d.name));
+    proc.resume_logs();
+    let dropped = crate::eventually("the count of dropped log lines", EXIT_WITHIN, || {
+        let logs = proc.logs();
+        let count = logs.lines().rev().find_map(|l| {
+            let (_, after) = l.split_once("dropped_lines=")?;
+            after.split_whitespace().next()?.parse::<u64>().ok()
+        });
+        async move { count }
+    })
+    .await;
+    assert!(
+        (1..6000).contains(&dropped),
+        "{}: {dropped} lines dropped",
+        d.name
+    );
+    // The lines that were kept are whole, and the daemon logs on as usual.
+    assert_eq!(client.get(&url).await.status, 200);
+    proc.wait_for_log("GET /health 200", EXIT_WITHIN).await;
+}
