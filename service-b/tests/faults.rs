@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use testkit::{
     Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Reply, eventually, open_fds,
-    proc_status_kib, raise_fd_limit, unused_addr,
+    proc_status_kib, raise_fd_limit, refused_addr,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -464,7 +464,7 @@ async fn a_slow_or_silent_collector_changes_no_answer_and_drops_are_counted() {
     for (what, endpoint) in [
         ("slow", slow.url()),
         ("black-holed", format!("http://{}", testkit::black_hole())),
-        ("refusing", format!("http://{}", unused_addr())),
+        ("refusing", format!("http://{}", refused_addr())),
     ] {
         let mut b = ProcBuilder::new("service-b")
             .env("SERVICE_A_URL", fake.url())

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 use testkit::{
     Behaviour, Client, FakeUpstream, OtlpReceiver, Proc, ProcBuilder, SPAN_KIND_CLIENT,
-    SPAN_KIND_SERVER, STATUS_ERROR, Sig, Span, eventually, unused_addr,
+    SPAN_KIND_SERVER, STATUS_ERROR, Sig, Span, eventually, refused_addr,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -151,7 +151,7 @@ async fn every_degradation_kind_is_tagged_on_both_spans_and_its_trace_id_is_in_t
     let cases = [
         (hang.url(), "timeout", None),
         (
-            format!("http://{}", unused_addr()),
+            format!("http://{}", refused_addr()),
             "connection_refused",
             None,
         ),
@@ -277,7 +277,7 @@ async fn a_resend_is_a_second_client_span_with_its_resend_count() {
 #[tokio::test]
 async fn a_degraded_body_says_whether_its_trace_was_sampled() {
     let rx = OtlpReceiver::start().await;
-    let dead = format!("http://{}", unused_addr());
+    let dead = format!("http://{}", refused_addr());
     let b = exporting("service-b", &rx)
         .env("SERVICE_A_URL", &dead)
         .env("OTEL_TRACES_SAMPLER", "traceidratio")
@@ -499,7 +499,7 @@ async fn a_black_holed_collector_changes_no_answer_and_delays_exit_by_a_bounded_
 #[tokio::test]
 async fn telemetry_can_be_turned_off() {
     let rx = OtlpReceiver::start().await;
-    let dead = format!("http://{}", unused_addr());
+    let dead = format!("http://{}", refused_addr());
     // Everything off: no trace id in the body, nothing sent.
     let off = exporting("service-b", &rx)
         .env("OTEL_SDK_DISABLED", "true")

@@ -190,12 +190,27 @@ pub async fn serve_in_process(service: salvo::Service) -> std::net::SocketAddr {
     addr
 }
 
-/// An address on which nothing listens (bound, then released).
+/// A free address for a program that must bind it itself (a port chosen by
+/// binding `:0`, then released). Another process may take the port in
+/// between: use it only where no listener can be handed over (a program
+/// that takes no socket), and [`refused_addr`] where nothing must listen.
 pub fn unused_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// An address where every connection is refused, for as long as the test
+/// binary runs: a socket bound to it but not listening holds the port, so
+/// no other process can take it (as could happen to a port merely freed).
+pub fn refused_addr() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held for the process's life: the port stays bound and refusing.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A server that accepts connections and never answers, for the whole test

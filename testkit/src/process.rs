@@ -67,7 +67,7 @@ impl ProcBuilder {
     pub fn at(bin: impl Into<PathBuf>) -> Self {
         let collector = match std::env::var("TESTKIT_OTLP").as_deref() {
             Ok("blackhole") => crate::black_hole(),
-            _ => crate::unused_addr(),
+            _ => crate::refused_addr(),
         };
         Self {
             bin: bin.into(),
