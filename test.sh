@@ -90,7 +90,7 @@ bench/bench.py --instructions --check
 
 # The Debian package, with the README's command (the release binaries are
 # there from run.sh, so nothing is compiled again), and the same once more
-# as a later revision: the upgrade that test-systemd.sh installs over it.
+# as a later revision: the upgrade that deploy/tests/deb.sh installs over it.
 step "Debian package (cargo deb -p service-b)"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 rm -rf target/debian target/debian-test
@@ -102,7 +102,11 @@ cargo deb -p service-b --locked --no-build --deb-revision 2 -o target/debian-tes
 
 # Real systemd in containers: the units, deploy/install.sh as root and as a
 # user with sudo, the .deb through apt.
-step "systemd end to end (deploy/test-systemd.sh)"
-$sudo deploy/test-systemd.sh --binaries target/debug --debs target/debian-test
+step "systemd end to end: the units (deploy/tests/units.sh)"
+$sudo deploy/tests/units.sh --binaries target/debug
+step "systemd end to end: install from a checkout as users do (deploy/tests/user-install.sh)"
+$sudo deploy/tests/user-install.sh
+step "systemd end to end: the .deb through apt (deploy/tests/deb.sh)"
+$sudo deploy/tests/deb.sh --debs target/debian-test
 
 step "all tests passed"

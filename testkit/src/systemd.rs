@@ -4,7 +4,7 @@
 //! socket activation (`LISTEN_FDS`, through systemd's own
 //! `systemd-socket-activate`). Each function is one test, run against one
 //! daemon by [`crate::daemon_contract_tests`]. The same behaviours under a
-//! real systemd: `deploy/test-systemd.sh`.
+//! real systemd: `deploy/tests/units.sh`.
 
 use std::time::Duration;
 
