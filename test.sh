@@ -103,6 +103,8 @@ cargo deb -p service-b --locked --no-build --deb-revision 2 -o target/debian-tes
 # Real systemd in containers: the units, deploy/install.sh as root and as a
 # user with sudo, the .deb through apt.
 step "systemd end to end: the units (deploy/tests/units.sh)"
+# otlp-sink: the stand-in collector units.sh reads host.name from.
+cargo build --locked -p testkit --bin otlp-sink
 $sudo deploy/tests/units.sh --binaries target/debug
 step "systemd end to end: install from a checkout as users do (deploy/tests/user-install.sh)"
 $sudo deploy/tests/user-install.sh
