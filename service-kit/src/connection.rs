@@ -21,9 +21,19 @@
 //! The stream only watches bytes go by; it never parses beyond spotting
 //! the blank line that ends a head. A request body (none of the routes take
 //! one) is read as part of the request being handled.
+//!
+//! The acceptor also keeps the [`Intake`], for the drain: on SIGTERM it
+//! stops accepting, then waits until every connection it accepted has been
+//! read from. hyper's graceful shutdown closes a connection from which
+//! nothing was read yet, so a request whose bytes were on their way when
+//! the daemon accepted it would be lost (a client sees "connection closed
+//! before message completed" during a socket-activated restart); read, it
+//! is served like any request in flight.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +41,7 @@ use salvo::conn::tcp::TcpCoupler;
 use salvo::conn::{Accepted, Acceptor, Holding};
 use salvo::fuse::ArcFusePolicy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// The two timeouts, from the settings.
@@ -40,6 +51,59 @@ pub struct Clocks {
     pub header: Duration,
     /// From the end of an answer to the next request's first byte.
     pub idle: Duration,
+}
+
+/// Whether the acceptor still takes connections, and how many of those it
+/// took have not been read from yet: what the drain waits for.
+#[derive(Debug, Default)]
+pub struct Intake {
+    stopped: AtomicBool,
+    unread: AtomicUsize,
+    changed: Notify,
+}
+
+impl Intake {
+    /// Stops taking connections (they wait in the kernel's queue: for the
+    /// next process, under socket activation).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every accepted connection has been read from (or
+    /// closed), for at most `within`: a client that connected and sends
+    /// nothing is not waited for longer.
+    pub async fn settled(&self, within: Duration) {
+        let settled = async {
+            loop {
+                let changed = self.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if self.unread.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, settled).await;
+    }
+
+    async fn wait_stopped(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn read(&self) {
+        self.unread.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
 }
 
 /// Where a connection is in its request/answer cycle.
@@ -64,6 +128,16 @@ pub struct Clocked<S> {
     /// The last two bytes of the head so far, to spot the blank line that
     /// ends it across reads (`\r\n\r\n`, or `\n\n`, which hyper accepts).
     last: [u8; 2],
+    /// Counted in the intake's unread connections until first read from.
+    unread: Option<Arc<Intake>>,
+}
+
+impl<S> Drop for Clocked<S> {
+    fn drop(&mut self) {
+        if let Some(intake) = self.unread.take() {
+            intake.read();
+        }
+    }
 }
 
 impl<S> Clocked<S> {
@@ -76,7 +150,16 @@ impl<S> Clocked<S> {
             phase: Phase::Head,
             timer: Box::pin(tokio::time::sleep(clocks.header)),
             last: [0; 2],
+            unread: None,
         }
+    }
+
+    /// Counts this connection among `intake`'s unread ones until its first
+    /// bytes are read.
+    fn unread_in(mut self, intake: Arc<Intake>) -> Self {
+        intake.unread.fetch_add(1, Ordering::SeqCst);
+        self.unread = Some(intake);
+        self
     }
 
     fn start(&mut self, phase: Phase, within: Duration) {
@@ -132,6 +215,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {
                 // A head dribbled in past its deadline is still too late.
                 if this.phase == Phase::Head && this.timer.is_elapsed() {
                     return Poll::Ready(Err(header_timeout()));
+                }
+                // hyper holds these bytes once this returns: a drain no
+                // longer closes the connection unread.
+                if let Some(intake) = this.unread.take() {
+                    intake.read();
                 }
                 this.read(bytes);
                 Poll::Ready(Ok(()))
@@ -195,17 +283,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Clocked<S> {
     }
 }
 
-/// An acceptor whose connections keep the two clocks.
+/// An acceptor whose connections keep the two clocks, and that stops and
+/// counts for the drain ([`Intake`]).
 #[derive(Debug)]
 pub struct ClockedAcceptor<A> {
     inner: A,
     clocks: Clocks,
+    intake: Arc<Intake>,
 }
 
 impl<A> ClockedAcceptor<A> {
     /// Wraps `inner`'s connections.
     pub fn new(inner: A, clocks: Clocks) -> Self {
-        Self { inner, clocks }
+        Self {
+            inner,
+            clocks,
+            intake: Arc::default(),
+        }
+    }
+
+    /// What the drain stops and waits on.
+    pub fn intake(&self) -> Arc<Intake> {
+        self.intake.clone()
     }
 }
 
@@ -225,9 +324,17 @@ where
         &mut self,
         fuse_policy: Option<ArcFusePolicy>,
     ) -> io::Result<Accepted<Self::Coupler, Self::Stream>> {
-        let accepted = self.inner.accept(fuse_policy).await?;
+        let intake = self.intake.clone();
+        let accepted = tokio::select! {
+            biased;
+            () = intake.wait_stopped() => std::future::pending().await,
+            accepted = self.inner.accept(fuse_policy) => accepted?,
+        };
         let clocks = self.clocks;
-        Ok(accepted.map_into(|_| TcpCoupler::new(), |s| Clocked::new(s, clocks)))
+        Ok(accepted.map_into(
+            |_| TcpCoupler::new(),
+            |s| Clocked::new(s, clocks).unread_in(intake),
+        ))
     }
 }
 

@@ -262,7 +262,9 @@ async fn run<D: Daemon>(
         header: limits.header_timeout,
         idle: limits.idle_timeout,
     };
-    let mut server = Server::new(ClockedAcceptor::new(acceptor, clocks))
+    let acceptor = ClockedAcceptor::new(acceptor, clocks);
+    let intake = acceptor.intake();
+    let mut server = Server::new(acceptor)
         .fuse_config(fuse)
         .max_connections(limits.max_connections);
     server
@@ -326,6 +328,11 @@ async fn run<D: Daemon>(
     let grace = show_duration(settings.shutdown_timeout);
     tracing::info!("{signal} received: draining in-flight requests for up to {grace}");
     notify::stopping(&format!("{signal} received, draining for up to {grace}"));
+    // No new connection; those accepted already are read from before the
+    // graceful stop, which would close them unread (see the connection
+    // module).
+    intake.stop();
+    intake.settled(SETTLE_WITHIN).await;
     handle.stop_graceful(Some(settings.shutdown_timeout));
     tokio::select! {
         _ = &mut serving => {}
@@ -338,6 +345,9 @@ async fn run<D: Daemon>(
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a drain waits for accepted connections to be read from.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// SIGHUP: tells systemd a reload runs (`RELOADING=1`), re-reads on a
 /// blocking thread, says `READY=1` with the status line of what is now in

@@ -523,3 +523,65 @@ pub async fn a_stalled_log_reader_stalls_no_answer_and_drops_are_counted(d: &Dae
     assert_eq!(client.get(&url).await.status, 200);
     proc.wait_for_log("GET /health 200", EXIT_WITHIN).await;
 }
+
+/// SIGTERM while clients keep connecting: every connection the daemon
+/// accepted gets its request answered. One it never accepted is refused
+/// or reset when the daemon exits (the client may try elsewhere); one
+/// accepted and then closed without an answer (an end of file, no status
+/// line) would be a request lost, which hyper's graceful shutdown does to
+/// a connection it has not read from yet.
+pub async fn a_stop_answers_every_connection_it_accepted(d: &Daemon) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut lost = Vec::new();
+    let mut answered = 0;
+    for round in 0..6 {
+        let mut proc = d.proc().spawn().await;
+        let addr = proc.addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut lost) = (0, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+                            break;
+                        };
+                        if conn
+                            .write_all(
+                                b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                            )
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        let mut answer = Vec::new();
+                        match conn.read_to_end(&mut answer).await {
+                            Ok(_) if answer.starts_with(b"HTTP/1.1 200") => ok += 1,
+                            Ok(_) => lost.push(String::from_utf8_lossy(&answer).into_owned()),
+                            Err(_) => break, // reset: never accepted
+                        }
+                    }
+                    (ok, lost)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proc.signal(Sig::SIGTERM);
+        proc.wait_exit(EXIT_WITHIN).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in clients {
+            let (ok, mut l) = client.await.unwrap();
+            answered += ok;
+            lost.extend(l.drain(..).map(|a| format!("round {round}: {a:?}")));
+        }
+    }
+    assert!(answered > 100, "{}: only {answered} answered", d.name);
+    assert!(
+        lost.is_empty(),
+        "{}: {} connections closed unanswered ({answered} answered): {lost:?}",
+        d.name,
+        lost.len()
+    );
+}
