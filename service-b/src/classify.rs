@@ -181,8 +181,13 @@ pub fn classify(e: &reqwest::Error, deadline: Duration, url: &Url) -> UpstreamEr
 }
 
 /// Whether `e` is a connection that closed before any answer came back: the
-/// case in which a request on a kept-alive connection may go again.
+/// case in which a request on a kept-alive connection may go again. A
+/// failure while connecting never is: that connection was new and carried
+/// no request, whatever its cause says (a reset, say).
 pub fn closed_before_answer(e: &reqwest::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
     is_caused_by::<hyper::Error>(e, hyper::Error::is_incomplete_message)
         || is_caused_by::<io::Error>(e, |io| {
             matches!(

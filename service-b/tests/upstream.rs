@@ -118,3 +118,65 @@ async fn the_host_header_names_service_a_as_its_url_does() {
         assert_eq!(sent.last().unwrap().header("host"), Some(host), "{base}");
     }
 }
+
+/// A connector that fails every connect as a reset would, in reqwest's
+/// own error type (a connect error whose cause is `ConnectionReset`).
+#[derive(Clone)]
+struct ResetWhileConnecting;
+
+impl<S> tower_layer::Layer<S> for ResetWhileConnecting {
+    type Service = FailConnect<S>;
+    fn layer(&self, inner: S) -> FailConnect<S> {
+        FailConnect(inner)
+    }
+}
+
+#[derive(Clone)]
+struct FailConnect<S>(S);
+
+impl<S, R> tower_service::Service<R> for FailConnect<S>
+where
+    S: tower_service::Service<R>,
+    S::Error: From<std::io::Error>,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        Box::pin(async move { Err(reset.into()) })
+    }
+}
+
+/// The one resend is for a kept-alive connection that service-a closed as
+/// the request went out. A connection reset while it is being made carried
+/// no request and is new: never a reason to send again, though its cause
+/// reads like a closed connection's.
+#[tokio::test]
+async fn a_reset_while_connecting_is_never_a_reason_to_send_again() {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connector_layer(ResetWhileConnecting)
+        .build()
+        .unwrap();
+    let e = client
+        .get("http://127.0.0.1:9/echo")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    assert!(
+        !service_b::classify::closed_before_answer(&e),
+        "a connect error counted as a closed connection: {e:?}"
+    );
+}
