@@ -2,7 +2,8 @@
 """Benchmark: service-b against what an operator would put in its place,
 side by side in one run, on loopback, with wrk.
 
-    bench/bench.py [--duration 10] [--connections 50] [--hung-connections 1000]
+    bench/bench.py [--duration 10] [--connections 50] [--hung-connections 100,250,500,1000]
+    bench/bench.py --only-hung [--hung-connections ...]
 
 Cases, each time-bounded:
   service-a direct        GET /echo on service-a (the upper bound of a one-hop path)
@@ -13,7 +14,9 @@ Cases, each time-bounded:
                           OpenTelemetry tracing on (every request, OTLP/gRPC) and its metrics on
   Flask original          Flask service-b calling Flask service-a with requests (the lab's seed design)
   refused path            service-b with nothing listening at service-a's address (breaker off)
-  hung path               --hung-connections at once against a service-a that never answers (breaker off)
+  hung path               --hung-connections at once against a service-a that never answers (breaker off),
+                          one case per number: how late the latest degraded answer comes after the
+                          1 s deadline, and up to which concurrency the promise (+100 ms) holds
 Plus idle and under-load RSS of each daemon, and exec-to-READY=1 time.
 service-b and Caddy export to one local sink: the OpenTelemetry Collector
 (OTLP gRPC and HTTP in, nop exporter), from --otelcol or built by
@@ -373,7 +376,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per case (default 10)")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
-    ap.add_argument("--hung-connections", type=int, default=1000, help="concurrent requests against a hung service-a")
+    ap.add_argument("--hung-connections", type=lambda v: [int(n) for n in v.split(",")],
+                    default=[100, 250, 500, 1000],
+                    help="concurrent requests against a hung service-a, one case each (default 100,250,500,1000)")
+    ap.add_argument("--only-hung", action="store_true", help="run only the hung path cases")
     ap.add_argument("--skip-flask", action="store_true", help="leave out the Flask original")
     ap.add_argument("--skip-caddy", action="store_true", help="leave out Caddy")
     ap.add_argument("--otelcol", metavar="PATH",
@@ -416,7 +422,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench-")
     figures = {}
     try:
-        run(args, py, procs, tmp, figures)
+        if args.only_hung:
+            # service-b exports to nginx answering 200: the hung path's
+            # cost is the daemon's, not the sink's.
+            subprocess.run(["nginx", "-c", nginx_conf(tmp)], check=True)
+            wait_http(PORTS["sink"], None, "/")
+            run_hung(args, procs, f"http://{HOST}:{PORTS['sink']}", figures)
+        else:
+            run(args, py, procs, tmp, figures)
     finally:
         procs.stop_all()
         if os.path.exists(f"{tmp}/nginx.pid"):
@@ -427,6 +440,31 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
+
+
+def run_hung(args, procs, sink, figures):
+    """The hung path: service-b (telemetry on) against a service-a that
+    accepts and never answers, each --hung-connections number of requests
+    at once, for --duration seconds (at least 5): every answer is a 503
+    timeout; how late past the 1 s deadline the latest one comes is the
+    figure the README's promise names."""
+    b_bin = os.path.join(BIN, "service-b")
+    msg = "/call-echo?msg=hello+bench"
+    hung = HungServer(PORTS["hung"])
+    figures["hung"], figures["rss_hung_b_kib"] = {}, {}
+    try:
+        for n in args.hung_connections:
+            b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}",
+                             "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
+                             "--breaker-failures", "0", "--max-in-flight", str(max(1024, n))],
+                            daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink, RUST_LOG="warn,access=off"), PORTS["b"])
+            log(f"hung path: {n} connections for {max(args.duration, 5)}s")
+            figures["hung"][n], figures["rss_hung_b_kib"][n] = loaded(
+                b.pid, lambda: wrk(f"http://{HOST}:{PORTS['b']}{msg}", max(args.duration, 5), n,
+                                   threads=min(2, n)))
+            procs.stop(b)
+    finally:
+        hung.close()
 
 
 def run(args, py, procs, tmp, figures):
@@ -509,16 +547,7 @@ def run(args, py, procs, tmp, figures):
     figures["refused_1"] = wrk(f"http://{HOST}:{PORTS['b']}{msg}", d, 1)
     procs.stop(b)
 
-    hung = HungServer(PORTS["hung"])
-    b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
-                     "--breaker-failures", "0", "--max-in-flight", str(max(1024, args.hung_connections))],
-                    daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink, RUST_LOG="warn,access=off"), PORTS["b"])
-    n = args.hung_connections
-    log(f"hung path: {n} connections for {max(d, 5)}s")
-    figures["hung"], figures["rss_hung_b_kib"] = loaded(
-        b.pid, lambda: wrk(f"http://{HOST}:{PORTS['b']}{msg}", max(d, 5), n, threads=2))
-    procs.stop(b)
-    hung.close()
+    run_hung(args, procs, sink, figures)
 
     log("exec to READY=1, 20 starts each")
     figures["ready_a_ms"] = ready_ms(a_bin, env_off)
