@@ -347,6 +347,64 @@ mod tests {
         idle: Duration::from_secs(3),
     };
 
+    /// A drain waits for accepted connections until each is read from or
+    /// closed, and no longer than it is told.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_each_accepted_connection_to_be_read() {
+        let intake = Arc::new(Intake::default());
+        let started = Instant::now();
+        intake.settled(Duration::from_secs(5)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "nothing accepted: no wait"
+        );
+
+        let read_soon = Clocked::new((), CLOCKS).unread_in(intake.clone());
+        let closed_soon = Clocked::new((), CLOCKS).unread_in(intake.clone());
+        let reader = tokio::spawn(async move {
+            let mut read_soon = read_soon;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // What poll_read does with the first bytes.
+            if let Some(intake) = read_soon.unread.take() {
+                intake.read();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(closed_soon);
+            read_soon
+        });
+        let started = Instant::now();
+        intake.settled(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        let _read = reader.await.unwrap();
+
+        // One that is never read: waited for as long as the bound, no longer.
+        let _silent = Clocked::new((), CLOCKS).unread_in(intake.clone());
+        let started = Instant::now();
+        intake.settled(Duration::from_millis(500)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_the_intake_wakes_whoever_waits_for_it() {
+        let intake = Arc::new(Intake::default());
+        let waiting = tokio::spawn({
+            let intake = intake.clone();
+            async move { intake.wait_stopped().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "not stopped yet");
+        intake.stop();
+        tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .expect("woken by stop()")
+            .unwrap();
+        // Once stopped, it stays so.
+        tokio::time::timeout(Duration::from_millis(1), intake.wait_stopped())
+            .await
+            .expect("already stopped");
+    }
+
     #[tokio::test]
     async fn a_head_ends_at_its_blank_line_even_split_across_reads() {
         for pieces in [
