@@ -168,7 +168,7 @@ impl<S> Clocked<S> {
     }
 
     /// Bytes of a request arrived: a head begins, or goes on, or ends.
-    fn read(&mut self, bytes: &[u8]) {
+    fn on_read(&mut self, bytes: &[u8]) {
         if self.phase == Phase::Idle {
             self.start(Phase::Head, self.clocks.header);
             self.last = [0; 2];
@@ -192,7 +192,7 @@ impl<S> Clocked<S> {
     /// each piece of the answer). It is polled here, so the connection's
     /// task wakes when it runs out: hyper may not read again until then
     /// (it read, found nothing, and wrote the answer after).
-    fn wrote(&mut self, cx: &mut Context<'_>) {
+    fn on_write(&mut self, cx: &mut Context<'_>) {
         self.start(Phase::Idle, self.clocks.idle);
         let _ = self.timer.as_mut().poll(cx);
     }
@@ -221,7 +221,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {
                 if let Some(intake) = this.unread.take() {
                     intake.read();
                 }
-                this.read(bytes);
+                this.on_read(bytes);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match this.phase {
@@ -252,7 +252,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Clocked<S> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(1..)) = written {
-            this.wrote(cx);
+            this.on_write(cx);
         }
         written
     }
@@ -265,7 +265,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Clocked<S> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(1..)) = written {
-            this.wrote(cx);
+            this.on_write(cx);
         }
         written
     }
@@ -405,6 +405,41 @@ mod tests {
             .expect("already stopped");
     }
 
+    /// The clocks as a reader of the stream meets them, on a paused clock:
+    /// the header timeout is an error, the idle timeout an end of file, and
+    /// neither runs while a request is handled (its body may come late).
+    #[tokio::test(start_paused = true)]
+    async fn the_clocks_as_hyper_meets_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Clocked::new(server, CLOCKS);
+        let mut buf = [0u8; 256];
+
+        // A head that never ends: cut at the header timeout, not before.
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let started = Instant::now();
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), CLOCKS.header);
+
+        // A head that ends: no clock while it is handled, even for a body
+        // that comes after the header timeout.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Clocked::new(server, CLOCKS);
+        client.write_all(b"POST / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        tokio::time::sleep(CLOCKS.idle * 2).await;
+        client.write_all(b"late body").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 9);
+
+        // Answered: idle until the idle timeout, then an end of file.
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), CLOCKS.idle);
+    }
+
     #[tokio::test]
     async fn a_head_ends_at_its_blank_line_even_split_across_reads() {
         for pieces in [
@@ -415,35 +450,35 @@ mod tests {
             let mut c = Clocked::new((), CLOCKS);
             let (last, first) = pieces.split_last().unwrap();
             for piece in first {
-                c.read(piece);
+                c.on_read(piece);
                 assert_eq!(c.phase, Phase::Head, "{pieces:?}");
             }
-            c.read(last);
+            c.on_read(last);
             assert_eq!(c.phase, Phase::Handling, "{pieces:?}");
         }
         let mut c = Clocked::new((), CLOCKS);
-        c.read(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        c.on_read(b"GET / HTTP/1.1\r\nHost: x\r\n");
         assert_eq!(c.phase, Phase::Head, "one line break ends no head");
     }
 
     #[tokio::test]
     async fn an_answer_starts_the_idle_clock_and_a_first_byte_the_header_clock() {
         let mut c = Clocked::new((), CLOCKS);
-        c.read(b"GET / HTTP/1.1\r\n\r\n");
-        c.wrote(&mut Context::from_waker(std::task::Waker::noop()));
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        c.on_write(&mut Context::from_waker(std::task::Waker::noop()));
         assert_eq!(c.phase, Phase::Idle);
         let idle_until = c.timer.deadline();
         assert!(idle_until >= Instant::now() + CLOCKS.idle - Duration::from_millis(100));
-        c.read(b"G");
+        c.on_read(b"G");
         assert_eq!(c.phase, Phase::Head);
         assert!(
             c.timer.deadline() < idle_until,
             "the header clock is shorter"
         );
         // Bytes read while a request is handled (a body) start no clock.
-        c.read(b"ET / HTTP/1.1\r\n\r\nbody");
+        c.on_read(b"ET / HTTP/1.1\r\n\r\nbody");
         assert_eq!(c.phase, Phase::Handling);
-        c.read(b"more body\r\n\r\n");
+        c.on_read(b"more body\r\n\r\n");
         assert_eq!(c.phase, Phase::Handling);
     }
 }
