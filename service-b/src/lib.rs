@@ -6,6 +6,7 @@
 //! the failures). A bound on calls in flight and a circuit breaker
 //! ([`protect`]) keep it standing when service-a hangs or keeps failing.
 
+pub mod balancer;
 pub mod protect;
 pub mod upstream;
 

@@ -24,6 +24,8 @@ use reqwest::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use service_kit::telemetry::{Durations, current_trace_id, hex_into, tracer};
 use url::Url;
 
+use crate::balancer;
+
 /// Why an answer is degraded: the contract's `error` values. The first five
 /// are what went wrong calling service-a; the last two are service-b's own
 /// refusals, made without calling it.
@@ -44,11 +46,14 @@ pub enum ErrorKind {
     Overloaded,
     /// The circuit breaker is open.
     CircuitOpen,
+    /// A balancer in front of service-a has no replica passing its health
+    /// checks, and said so itself ([`crate::balancer`]).
+    NoHealthyUpstream,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Timeout,
         Self::ConnectionRefused,
         Self::ConnectionFailed,
@@ -56,6 +61,7 @@ impl ErrorKind {
         Self::InvalidResponse,
         Self::Overloaded,
         Self::CircuitOpen,
+        Self::NoHealthyUpstream,
     ];
 
     /// The contract's `error` value.
@@ -68,6 +74,7 @@ impl ErrorKind {
             Self::InvalidResponse => "invalid_response",
             Self::Overloaded => "overloaded",
             Self::CircuitOpen => "circuit_open",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
         }
     }
 }
@@ -107,6 +114,10 @@ impl UpstreamError {
             | ErrorKind::InvalidResponse => true,
             // Refused by service-b itself: no call was made.
             ErrorKind::Overloaded | ErrorKind::CircuitOpen => false,
+            // Refused at once by the balancer, which called no replica: its
+            // health checks already do the breaker's work, and an open
+            // breaker would only hide this reason behind circuit_open.
+            ErrorKind::NoHealthyUpstream => false,
         }
     }
 
@@ -119,7 +130,7 @@ impl UpstreamError {
             ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionFailed
             | ErrorKind::InvalidResponse => 502,
-            ErrorKind::Overloaded | ErrorKind::CircuitOpen => 503,
+            ErrorKind::Overloaded | ErrorKind::CircuitOpen | ErrorKind::NoHealthyUpstream => 503,
         }
     }
 }
@@ -368,7 +379,12 @@ impl Upstream {
         if !(200..300).contains(&status) || !is_json(content_type.unwrap_or("")) {
             // Judged without the body, which cannot be the answer; a small
             // one is still read, so the connection can serve the next call.
-            if let Err(e) = judge(status, content_type, b"") {
+            // A balancer's own answer says why no replica answered.
+            let judged = match balancer::verdict(status, response.headers()) {
+                Some(e) => Err(e),
+                None => judge(status, content_type, b""),
+            };
+            if let Err(e) = judged {
                 drain(response).await;
                 return Err(e.into());
             }
@@ -758,6 +774,10 @@ mod tests {
         assert_eq!(e(ErrorKind::InvalidResponse, Some(200)).http_status(), 502);
         assert_eq!(e(ErrorKind::UpstreamStatus, Some(500)).http_status(), 500);
         assert_eq!(e(ErrorKind::UpstreamStatus, Some(404)).http_status(), 404);
+        assert_eq!(
+            e(ErrorKind::NoHealthyUpstream, Some(503)).http_status(),
+            503
+        );
     }
 
     #[test]
