@@ -262,7 +262,7 @@ say "4. a3 loses its link (ip link set eth0 down)"
 drill link a3 'ip -n "$(netns "$m")" link set dev eth0 down' 'ip -n "$(netns "$m")" link set dev eth0 up'
 
 # ---------------------------------------------------------------- idle
-say "5. idle for 11 s (past the replicas' close of an idle connection), then traffic"
+say "5. idle for 11 s, then traffic: HAProxy's idle connections to the replicas have aged"
 # HAProxy keeps idle connections to the replicas; a replica closes one after
 # its idle timer, possibly just as HAProxy reuses it: that call goes again.
 sleep 11
