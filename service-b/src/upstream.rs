@@ -27,8 +27,9 @@ use url::Url;
 use crate::balancer;
 
 /// Why an answer is degraded: the contract's `error` values. The first five
-/// are what went wrong calling service-a; the last two are service-b's own
-/// refusals, made without calling it.
+/// are what went wrong calling service-a; the next two are service-b's own
+/// refusals, made without calling it; the last is a balancer's, in front of
+/// several service-a's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// No complete answer within the deadline.
@@ -46,8 +47,8 @@ pub enum ErrorKind {
     Overloaded,
     /// The circuit breaker is open.
     CircuitOpen,
-    /// A balancer in front of service-a has no replica passing its health
-    /// checks, and said so itself ([`crate::balancer`]).
+    /// A balancer in front of several service-a's found no replica that
+    /// could take the call, and said so itself ([`crate::balancer`]).
     NoHealthyUpstream,
 }
 
