@@ -14,8 +14,8 @@ use crate::upstream::{ErrorKind, UpstreamError};
 pub const BALANCER_ERROR: HeaderName = HeaderName::from_static("balancer-error");
 
 /// The failure a balancer's own answer reports, if `headers` carry one of the
-/// kinds a balancer can see: none of its replicas passes its health checks,
-/// none answered in time, none could be reached. A 2xx, another value, or no
+/// kinds a balancer can see: no replica could take the call, none answered
+/// in time, or they closed the connection without a valid answer. A 2xx, another value, or no
 /// header at all is not a balancer's failure: judged as service-a's answer.
 pub fn verdict(status: u16, headers: &HeaderMap) -> Option<UpstreamError> {
     if (200..300).contains(&status) {
@@ -30,7 +30,7 @@ pub fn verdict(status: u16, headers: &HeaderMap) -> Option<UpstreamError> {
         "timeout" => (ErrorKind::Timeout, "no service-a replica answered in time"),
         "connection_failed" => (
             ErrorKind::ConnectionFailed,
-            "no service-a replica could be reached",
+            "service-a replicas closed the connection without a valid answer",
         ),
         _ => return None,
     };
