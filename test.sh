@@ -12,7 +12,8 @@ sudo=
 # curl and pgrep drive the daemons in the shell tests below; Go builds the
 # observability stack; python3-yaml reads its YAML files, socat publishes its
 # ports, iproute2 makes its network namespaces; python3 and valgrind
-# (callgrind) count instructions per request.
+# (callgrind) count instructions per request; strace shows the order in
+# which a daemon starts (its signal handlers come first).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
@@ -21,6 +22,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v python3 >/dev/null || missing+=(python3)
 command -v valgrind >/dev/null || missing+=(valgrind)
+command -v strace >/dev/null || missing+=(strace)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
@@ -101,6 +103,8 @@ cargo deb -p service-b --locked --no-build --deb-revision 2 -o target/debian-tes
 # Real systemd in containers: the units, deploy/install.sh as root and as a
 # user with sudo, the .deb through apt.
 step "systemd end to end: the units (deploy/tests/units.sh)"
+# otlp-sink: the stand-in collector units.sh reads host.name from.
+cargo build --locked -p testkit --bin otlp-sink
 $sudo deploy/tests/units.sh --binaries target/debug
 step "systemd end to end: install from a checkout as users do (deploy/tests/user-install.sh)"
 $sudo deploy/tests/user-install.sh

@@ -36,45 +36,38 @@ metrics recorded) and off, service-a /echo with telemetry on and off.
 --check compares with bench/instructions-baseline.json and fails when a
 figure is more than 10 % above it (CI runs this from test.sh);
 --write-baseline rewrites that file from this run.
+
+Beside it: procs.py (starting and stopping processes, shared with soak.py),
+callgrind.py (the instruction counter), report.py (the tables and --check).
 """
 
 import argparse
-import glob
-import http.client
-import http.server
 import json
 import os
 import re
-import resource
 import shutil
+import statistics
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
-HOST = "127.0.0.1"
+from callgrind import Client, ensure_valgrind, instructions_per_request, otlp_http_sink
+from procs import (BIN, HOST, ROOT, HungServer, Procs, apt_install, build_release, daemon_env, ensure_free,
+                   log, raise_fd_limit, rss_kib, wait_http)
+from report import instructions_report, report
+
 PORTS = {"a": 19080, "b": 19081, "nginx": 19082, "caddy": 19083, "caddy_admin": 19084, "sink": 19318,
          "otlp_grpc": 19317, "otlp_http": 19319, "flask_a": 19090, "flask_b": 19091, "hung": 19099}
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- setup
 
 def ensure_tools():
-    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)]
-    if missing:
-        log(f"installing {missing}")
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    apt_install(("wrk", "wrk"), ("nginx", "nginx-light"))
     venv = os.path.join(ROOT, "target", "bench-venv")
     py = os.path.join(venv, "bin", "python")
     if not os.path.exists(py):
@@ -82,65 +75,8 @@ def ensure_tools():
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
         subprocess.run([py, "-m", "pip", "install", "-q", "-r",
                         os.path.join(ROOT, "bench", "flask_original", "requirements.txt")], check=True)
-    log("building release binaries")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "-q"], cwd=ROOT, check=True)
+    build_release()
     return py
-
-
-def free_ports():
-    for name, port in PORTS.items():
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                sys.exit(f"port {port} ({name}) is in use; stop whatever holds it")
-
-
-def wait_http(port, proc, path="/health", timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            sys.exit(f"process for port {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1."):
-                    return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing answers on port {port}")
-
-
-class Procs:
-    """Every process the run starts, stopped at the end whatever happens."""
-
-    def __init__(self):
-        self.all = []
-
-    def start(self, argv, env=None, port=None, path="/health"):
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.all.append(p)
-        if port:
-            wait_http(port, p, path)
-        return p
-
-    def stop(self, p):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    def stop_all(self):
-        for p in reversed(self.all):
-            self.stop(p)
-
-
-def daemon_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_", "OTEL_"))}
-    env["RUST_LOG"] = "info"
-    env.update(extra)
-    return env
-
 
 def nginx_conf(tmp):
     conf = os.path.join(tmp, "nginx.conf")
@@ -288,13 +224,6 @@ def parse_wrk(out):
     return result
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def loaded(pid, fn):
     """Runs fn() and samples pid's RSS meanwhile; returns (fn(), peak KiB)."""
@@ -339,30 +268,9 @@ def ready_ms(binary, env, runs=20):
     return statistics.median(times)
 
 
-def hung_server(port):
-    """Accepts connections and never answers (a hung service-a)."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((HOST, port))
-    srv.listen(4096)
-    held = []
-
-    def loop():
-        while True:
-            try:
-                conn, _ = srv.accept()
-                held.append(conn)
-            except OSError:
-                return
-
-    threading.Thread(target=loop, daemon=True).start()
-    return srv
-
 
 # ---------------------------------------------------------------- instructions per request
 
-BASELINE = os.path.join(ROOT, "bench", "instructions-baseline.json")
-TOLERANCE = 1.10  # --check fails above baseline x this
 CALL = "/call-echo?msg=hello+bench"
 ECHO = "/echo?msg=hello+bench"
 # key, label, daemon, path, telemetry on
@@ -374,88 +282,12 @@ INSTRUCTION_CASES = [
 ]
 
 
-def otlp_http_sink(port):
-    """An OTLP/HTTP receiver that reads every export and answers 200 with an
-    empty (valid) protobuf response; counts the exports per path."""
-    exports = {}
-
-    class Sink(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            exports[self.path] = exports.get(self.path, 0) + 1
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer((HOST, port), Sink)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, exports
-
-
-class Client:
-    """`connections` keep-alive connections, each on a thread of its own,
-    that send GETs one after the other and insist on `expect` (200; the hung
-    path's load is one connection per request at once, each ending in 503)."""
-
-    def __init__(self, port, connections, expect=200, timeout=60):
-        self.expect = expect
-        self.conns = [http.client.HTTPConnection(HOST, port, timeout=timeout) for _ in range(connections)]
-
-    def run(self, path, n, strict=True):
-        failures = []
-
-        def send(conn, k):
-            try:
-                for _ in range(k):
-                    conn.request("GET", path)
-                    r = conn.getresponse()
-                    r.read()
-                    if r.status != self.expect:
-                        failures.append(r.status)
-            except OSError as e:
-                failures.append(repr(e))
-
-        share = [n // len(self.conns) + (i < n % len(self.conns)) for i in range(len(self.conns))]
-        threads = [threading.Thread(target=send, args=(c, k)) for c, k in zip(self.conns, share)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failures and strict:
-            sys.exit(f"GET {path}: {len(failures)} of {n} requests did not end in {self.expect}, "
-                     f"e.g. {failures[0]}")
-
-    def close(self):
-        for c in self.conns:
-            c.close()
-
-
 def hung_instructions(args, b_bin, env, tmp):
     """service-b's own cost per timed-out call: args.hung_calls requests at
     once against a socket that accepts and never answers (the hung path of
     the wrk run: breaker off, 1 s deadline), telemetry on, every thread
     counted. Not guarded: reported."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, PORTS["hung"]))
-    listener.listen(4096)
-    held = []
-
-    def accept():
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
+    hung = HungServer(PORTS["hung"])
     log(f"service-b /call-echo against a hung service-a: {args.hung_calls} timed-out calls at once "
         f"to warm up, {args.hung_calls} counted")
     argv = [b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
@@ -465,104 +297,12 @@ def hung_instructions(args, b_bin, env, tmp):
                                         client=Client(PORTS["b"], args.hung_calls, expect=503, timeout=120),
                                         n=args.hung_calls)
     finally:
-        listener.close()
-        for c in held:
-            c.close()
-
-
-def callgrind_control(pid, *args):
-    r = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"callgrind_control {' '.join(args)} {pid} failed:\n{r.stdout}{r.stderr}")
-
-
-def thousands(n):
-    return f"{n:,.0f}".replace(",", " ")
-
-
-def instructions_per_request(argv, env, port, path, args, tmp, key, settle, client=None, n=None):
-    """Runs the daemon under callgrind with instrumentation off through
-    start-up, switches it on, warms up (connections opened, pools filled,
-    spans of the warm-up exported), zeroes the counters, sends
-    args.requests requests over the same keep-alive connections, waits for
-    the telemetry they caused to be exported, and dumps. The dump covers
-    every thread of the daemon (callgrind sums them), so exporting and
-    metric recording on background threads count as well. `client` and `n`
-    replace the keep-alive client and the request counts (the hung path)."""
-    warmup, n = (args.warmup, args.requests) if n is None else (n, n)
-    out = os.path.join(tmp, f"callgrind.{key}")
-    with open(os.path.join(tmp, f"valgrind.{key}.log"), "w") as err:
-        p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                              f"--callgrind-out-file={out}", *argv],
-                             env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_http(port, p, timeout=120)
-        callgrind_control(p.pid, "-i", "on")
-        client = client or Client(port, args.instr_connections)
-        # The first requests run while valgrind translates the code they
-        # take, slowly: one may miss a deadline, which only warms up more.
-        client.run(path, warmup, strict=False)
-        time.sleep(settle)
-        callgrind_control(p.pid, "-z")
-        start = time.perf_counter()
-        client.run(path, n)
-        elapsed = time.perf_counter() - start
-        time.sleep(settle)
-        callgrind_control(p.pid, "-d")
-        client.close()
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    dumps = sorted(glob.glob(f"{out}.*"), key=lambda f: int(f.rsplit(".", 1)[1]))
-    if not dumps:
-        sys.exit(f"callgrind wrote no dump for {key}; see its log")
-    total = None
-    with open(dumps[0]) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                total = int(line.split()[1])
-    if args.keep:
-        os.makedirs(args.keep, exist_ok=True)
-        shutil.copy(dumps[0], os.path.join(args.keep, f"callgrind.out.{key}"))
-    log(f"  {key}: {thousands(total / n)} instructions/request "
-        f"({n} requests in {elapsed:.1f} s under callgrind)")
-    return total / n
-
-
-def by_crate(dump, requests, top=12):
-    """Instructions per request by crate (exclusive cost, from
-    callgrind_annotate; libc's allocator and mem*/str* apart)."""
-    out = subprocess.run(["callgrind_annotate", "--threshold=100", dump],
-                         capture_output=True, text=True, check=True).stdout
-    costs = {}
-    for line in out.splitlines():
-        m = re.match(r"\s*([\d,]+) \([ \d.]+%\)\s+(\S*?):(.*) \[(.*)\]$", line)
-        if not m:
-            continue
-        ir, file, fn, obj = int(m.group(1).replace(",", "")), m.group(2), m.group(3), m.group(4)
-        if "/libc.so" in obj:
-            key = "libc malloc/free" if "malloc" in file else "libc mem*/str*" if re.search(r"mem|str", file) else "libc"
-        else:
-            if re.match(r"_?mi_", fn):  # mimalloc's C functions
-                costs["mimalloc"] = costs.get("mimalloc", 0) + ir
-                continue
-            parts = re.split(r"::|<| as ", fn.lstrip("<"))
-            # core, alloc and std by module: core::fmt is formatting, core::ptr drops.
-            key = "::".join(parts[:2]) if parts[0] in ("core", "alloc", "std") else parts[0] or fn
-        costs[key] = costs.get(key, 0) + ir
-    return sorted(((v / requests, k) for k, v in costs.items()), reverse=True)[:top]
+        hung.close()
 
 
 def instructions(args):
     ensure_valgrind()
-    for port in (PORTS["a"], PORTS["b"], PORTS["sink"], PORTS["hung"]):
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                sys.exit(f"port {port} is in use; stop whatever holds it")
+    ensure_free({name: PORTS[name] for name in ("a", "b", "sink", "hung")})
     a_bin, b_bin = os.path.join(BIN, "service-a"), os.path.join(BIN, "service-b")
     a_url = f"http://{HOST}:{PORTS['a']}"
     sink, exports = otlp_http_sink(PORTS["sink"])
@@ -626,61 +366,6 @@ def caddy_instructions(args, procs, tmp):
     return instructions_per_request(argv, env, PORTS["caddy"], ECHO, args, tmp, "caddy", args.settle)
 
 
-def ensure_valgrind():
-    if not shutil.which("valgrind"):
-        log("installing valgrind")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    log("building release binaries")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "-q"], cwd=ROOT, check=True)
-
-
-def instructions_report(args, figures):
-    base = {}
-    if os.path.exists(BASELINE):
-        with open(BASELINE) as f:
-            base = json.load(f)
-    print(f"\nInstructions per request: callgrind, release build, {args.requests} requests after "
-          f"{args.warmup} to warm up, {args.instr_connections} keep-alive connection(s), every thread\n")
-    print("| case | instructions / request | baseline | change |")
-    print("|---|---:|---:|---:|")
-    worse = []
-    for key, label, *_ in INSTRUCTION_CASES:
-        if key not in figures:
-            continue
-        value, ref = figures[key], base.get(key)
-        change = f"{(value / ref - 1) * 100:+.1f} %" if ref else "-"
-        print(f"| {label} | {thousands(value)} | {thousands(ref) if ref else '-'} | {change} |")
-        if ref and value > ref * TOLERANCE:
-            worse.append(f"{label}: {thousands(value)} > {thousands(ref)} + {TOLERANCE * 100 - 100:.0f} %")
-    if "b_hung" in figures:
-        print(f"| service-b /call-echo, a timed-out call to a hung service-a, {args.hung_calls} at once "
-              f"(not guarded) | {thousands(figures['b_hung'])} | - | - |")
-    if "caddy" in figures:
-        print(f"| Caddy reverse_proxy /echo, tracing on (not guarded) | {thousands(figures['caddy'])} | - | - |")
-    if args.keep:
-        for key, label, *_ in INSTRUCTION_CASES:
-            dump = os.path.join(args.keep, f"callgrind.out.{key}")
-            if key in figures and os.path.exists(dump):
-                print(f"\n{label}, by crate (exclusive, per request): " +
-                      ", ".join(f"{name} {thousands(v)}" for v, name in by_crate(dump, args.requests)))
-        print(f"\n(callgrind_annotate --inclusive=yes {args.keep}/callgrind.out.CASE for functions)")
-    if args.write_baseline:
-        note = ("instructions per request, bench/bench.py --instructions; CI fails when a figure "
-                     "rises more than 10 % above these; rewrite: bench/bench.py --instructions --write-baseline")
-        new = {**base, "_": note, **{k: int(round(v, -2)) for k, v in figures.items() if k not in ("caddy", "b_hung")}}
-        with open(BASELINE, "w") as f:
-            json.dump(new, f, indent=2)
-            f.write("\n")
-        print(f"\nwrote {os.path.relpath(BASELINE, ROOT)}")
-    if args.check:
-        if not base:
-            sys.exit(f"--check: no baseline at {BASELINE}")
-        if worse:
-            print("\nFAIL, more than 10 % above bench/instructions-baseline.json:\n  " + "\n  ".join(worse))
-            sys.exit(1)
-        print("\nok: no figure more than 10 % above bench/instructions-baseline.json")
-
 
 # ---------------------------------------------------------------- the run
 
@@ -718,16 +403,15 @@ def main():
 
     if args.instructions or args.check or args.write_baseline:
         figures = instructions(args)
-        instructions_report(args, figures)
+        instructions_report(args, figures, INSTRUCTION_CASES)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(figures, f, indent=2)
         return
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     py = ensure_tools()
-    free_ports()
+    ensure_free(PORTS)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="bench-")
     figures = {}
@@ -825,7 +509,7 @@ def run(args, py, procs, tmp, figures):
     figures["refused_1"] = wrk(f"http://{HOST}:{PORTS['b']}{msg}", d, 1)
     procs.stop(b)
 
-    hung = hung_server(PORTS["hung"])
+    hung = HungServer(PORTS["hung"])
     b = procs.start([b_bin, "--listen", f"{HOST}:{PORTS['b']}", "--service-a-url", f"http://{HOST}:{PORTS['hung']}",
                      "--breaker-failures", "0", "--max-in-flight", str(max(1024, args.hung_connections))],
                     daemon_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink, RUST_LOG="warn,access=off"), PORTS["b"])
@@ -840,52 +524,6 @@ def run(args, py, procs, tmp, figures):
     figures["ready_a_ms"] = ready_ms(a_bin, env_off)
     figures["ready_b_ms"] = ready_ms(b_bin, env_on)
 
-
-def report(args, f):
-    rows = [("service-a direct", "a_direct"), ("service-b, telemetry on", "b_on"),
-            ("service-b, telemetry off", "b_off"), ("nginx proxy_pass", "nginx"),
-            ("Caddy reverse_proxy, tracing on", "caddy"),
-            ("Flask original", "flask"), ("refused path (503)", "refused"),
-            ("refused path, 1 connection (503)", "refused_1"),
-            (f"hung path, {args.hung_connections} conns (503)", "hung")]
-    print(f"\nBenchmark: wrk, {args.connections} connections, {args.duration}s per case, loopback, "
-          f"{os.cpu_count()} cores; OTLP sink: {f['sink']}\n")
-    print(f"| case | requests/s | p50 ms | p99 ms | max ms | non-2xx | socket errors |")
-    print(f"|---|---:|---:|---:|---:|---:|---|")
-    for label, key in rows:
-        if key in f:
-            r = f[key]
-            print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | "
-                  f"{r['non2xx']} | {r['socket_errors'] or '-'} |")
-    print()
-    print(f"| memory and start-up | service-a | service-b |")
-    print(f"|---|---:|---:|")
-    print(f"| RSS idle | {f['rss_idle_a_kib'] / 1024:.1f} MB | {f['rss_idle_b_on_kib'] / 1024:.1f} MB |")
-    print(f"| RSS under load (peak) | {f['rss_load_a_kib'] / 1024:.1f} MB | {f['rss_load_b_on_kib'] / 1024:.1f} MB |")
-    print(f"| RSS, {args.hung_connections} requests on a hung service-a | | {f['rss_hung_b_kib'] / 1024:.1f} MB |")
-    print(f"| exec to READY=1 (median of 20) | {f['ready_a_ms']:.1f} ms | {f['ready_b_ms']:.1f} ms |")
-    on, off, ngx = f["b_on"], f["b_off"], f["nginx"]
-    print()
-    print("| ratio (this run) | value | target |")
-    print("|---|---:|---|")
-    if "caddy" in f:
-        cd = f["caddy"]
-        print(f"| service-b (telemetry on) / Caddy (tracing on), requests/s | {on['rps'] / cd['rps']:.2f} | >= 1.5 |")
-        print(f"| service-b (telemetry on) / Caddy (tracing on), p99 | {on['p99_ms'] / cd['p99_ms']:.2f} | < 1 |")
-    print(f"| service-b (telemetry on) / nginx, requests/s | {on['rps'] / ngx['rps']:.2f} | >= 0.6 |")
-    print(f"| service-b (telemetry on) / nginx, p99 | {on['p99_ms'] / ngx['p99_ms']:.2f} | |")
-    print(f"| telemetry on / off, requests/s | {on['rps'] / off['rps']:.2f} | >= 0.9 |")
-    if "flask" in f:
-        print(f"| service-b (telemetry on) / Flask original, requests/s | {on['rps'] / f['flask']['rps']:.1f} | >= 20 |")
-    print(f"| service-b / service-a direct, requests/s | {on['rps'] / f['a_direct']['rps']:.2f} | (one hop costs) |")
-    print(f"| refused path p99, {args.connections} connections / 1 connection | {f['refused']['p99_ms']:.2f} / {f['refused_1']['p99_ms']:.2f} ms | < 2 ms |")
-    hung = f["hung"]
-    print(f"| hung path: p50 / max answer vs the 1 s deadline | +{hung['p50_ms'] - 1000:.0f} / +{hung['max_ms'] - 1000:.0f} ms | max <= +100 ms |")
-    print(f"| idle RSS service-a / service-b | {f['rss_idle_a_kib'] / 1024:.1f} / {f['rss_idle_b_on_kib'] / 1024:.1f} MB | < 15 MB |")
-    if "caddy" in f:
-        print(f"| RSS Caddy idle / under load (peak) | {f['rss_idle_caddy_kib'] / 1024:.1f} / "
-              f"{f['rss_load_caddy_kib'] / 1024:.1f} MB | (for comparison) |")
-    print(f"| exec to READY=1 service-a / service-b | {f['ready_a_ms']:.1f} / {f['ready_b_ms']:.1f} ms | < 50 ms |")
 
 
 if __name__ == "__main__":

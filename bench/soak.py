@@ -14,42 +14,18 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-A_ADDR, B_ADDR = ("127.0.0.1", 18180), ("127.0.0.1", 18181)
+from procs import BIN, HOST, ROOT, Procs, build_release, daemon_env, ensure_free, log, open_fds, rss_kib
+
+A_ADDR, B_ADDR = (HOST, 18180), (HOST, 18181)
 EXPECTED_KINDS = {"connection_refused", "connection_failed", "timeout", "circuit_open", "overloaded"}
 
 
 def status_of(pid):
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return {
-        "rss_kib": int(fields["VmRSS"].split()[0]),
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-    }
-
-
-def wait_listening(addr, proc, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon for {addr} exited ({proc.returncode}); see target/soak-daemons.log")
-        try:
-            conn = http.client.HTTPConnection(*addr, timeout=1)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing answers at {addr}")
+    return {"rss_kib": rss_kib(pid), "fds": open_fds(pid)}
 
 
 def main():
@@ -57,41 +33,31 @@ def main():
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--flap-seconds", type=float, default=3)
-    p.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
+    p.add_argument("--bin", default=BIN)
     args = p.parse_args()
 
-    if args.bin == os.path.join(ROOT, "target", "release"):
-        # Up to date, or the soak measures yesterday's code.
-        subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=ROOT, check=True)
-    for addr in (A_ADDR, B_ADDR):
+    if args.bin == BIN:
+        build_release(quiet=False)
+    ensure_free({"service-a": A_ADDR[1], "service-b": B_ADDR[1]})
+    env = daemon_env(RUST_LOG="warn", OTEL_SDK_DISABLED="true")
+    daemon_log = os.path.join(ROOT, "target", "soak-daemons.log")
+    log(f"the daemons log to {daemon_log}")
+    procs = Procs()
+    with open(daemon_log, "w") as stderr:
+        def start_a():
+            return procs.start([os.path.join(args.bin, "service-a"), "--listen", "%s:%d" % A_ADDR],
+                               env, port=A_ADDR[1], stderr=stderr)
         try:
-            http.client.HTTPConnection(*addr, timeout=1).request("GET", "/health")
-            raise SystemExit(f"something already listens at {addr}; stop it first")
-        except ConnectionRefusedError:
-            pass
-    env = dict(os.environ, RUST_LOG="warn", OTEL_SDK_DISABLED="true")
-    devnull = open(os.path.join(ROOT, "target", "soak-daemons.log"), "w")
-    start_a = lambda: subprocess.Popen(  # noqa: E731
-        [os.path.join(args.bin, "service-a"), "--listen", "%s:%d" % A_ADDR], env=env, stderr=devnull)
-    a = start_a()
-    b = subprocess.Popen(
-        [os.path.join(args.bin, "service-b"), "--listen", "%s:%d" % B_ADDR,
-         "--service-a-url", "http://%s:%d" % A_ADDR, "--breaker-cooldown", "1s"],
-        env=env, stderr=devnull)
-    procs = {"a": a, "b": b}
-    try:
-        run(args, procs, start_a)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=15)
+            a = start_a()
+            b = procs.start([os.path.join(args.bin, "service-b"), "--listen", "%s:%d" % B_ADDR,
+                             "--service-a-url", "http://%s:%d" % A_ADDR, "--breaker-cooldown", "1s"],
+                            env, port=B_ADDR[1], stderr=stderr)
+            run(args, procs, a, b, start_a)
+        finally:
+            procs.stop_all()
 
 
-def run(args, procs, start_a):
-    a, b = procs["a"], procs["b"]
-    wait_listening(A_ADDR, a)
-    wait_listening(B_ADDR, b)
+def run(args, procs, a, b, start_a):
     time.sleep(1)
     before = status_of(b.pid)
 
@@ -131,10 +97,9 @@ def run(args, procs, start_a):
     while time.time() < stop:
         time.sleep(args.flap_seconds)
         if a_up:
-            a.send_signal(signal.SIGTERM)
-            a.wait()
+            procs.stop(a)
         else:
-            a = procs["a"] = start_a()
+            a = start_a()
         a_up = not a_up
         flaps += 1
     for t in threads:
@@ -142,10 +107,7 @@ def run(args, procs, start_a):
     after = status_of(b.pid)
     b_alive = b.poll() is None
 
-    for proc in (a, b):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
+    procs.stop_all()
 
     total = sum(tally.values())
     print(f"soak: {args.minutes} min, {args.workers} workers, service-a stopped/started {flaps} times")

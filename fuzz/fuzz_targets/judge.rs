@@ -1,5 +1,7 @@
-//! The classifier of service-a's answers: never panics, and only calls an
-//! answer good when it is valid UTF-8 JSON, an object with a string `echo`.
+//! The classifier of service-a's answers, as service-b's call judges them
+//! (`judge_head`, then `judge_body` when the head is good): never panics,
+//! and only calls an answer good when it is valid UTF-8 JSON, an object with
+//! a string `echo`.
 //!
 //! The input is `[status high byte, status low byte, content type, body...]`
 //! so that the seeds in `fuzz/seeds/judge/` (a 200 with a JSON content type
@@ -7,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use service_b::upstream::{ErrorKind, judge};
+use service_b::classify::{ErrorKind, judge_body, judge_head};
 
 const CONTENT_TYPES: [Option<&str>; 4] = [
     Some("application/json"),
@@ -22,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let status = u16::from_be_bytes([*high, *low]);
     let content_type = CONTENT_TYPES[usize::from(*pick) % CONTENT_TYPES.len()];
-    match judge(status, content_type, body) {
+    match judge_head(status, content_type).and_then(|()| judge_body(status, body)) {
         Ok(()) => {
             assert!((200..300).contains(&status));
             assert!(content_type.is_some_and(|t| t.starts_with("application/json")));

@@ -144,3 +144,72 @@ async fn a_bad_fault_file_at_start_is_a_bad_setting() {
     assert!(out.stderr.contains("unknown fault"), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 }
+
+/// A stop with a request held by `hang`: the drain runs its course, and the
+/// watchdog, whose self-check can no longer connect, stays quiet.
+#[tokio::test]
+async fn the_watchdog_keeps_quiet_while_a_hung_request_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fault");
+    std::fs::write(&file, "hang\n").unwrap();
+    let a = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .env("SERVICE_A_FAULT_FILE", file.to_str().unwrap());
+    testkit::systemd::the_watchdog_keeps_quiet_through_a_drain(a, "/echo?msg=held").await;
+}
+
+/// `systemctl reload service-a` runs `service-a --reload $MAINPID`: it
+/// returns only once the new fault is in force, and a refused file makes it
+/// exit 1 with the reason, so the failure shows at the prompt and not only
+/// in the journal. Two reloads back to back each get their own answer.
+#[tokio::test]
+async fn the_reload_command_returns_once_the_fault_is_in_force_or_fails_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fault");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let runtime = runtime.to_str().unwrap().to_owned();
+    let a = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .env("SERVICE_A_FAULT_FILE", file.to_str().unwrap())
+        .env("RUNTIME_DIRECTORY", &runtime)
+        .spawn()
+        .await;
+    let reload = || {
+        ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+            .no_listen()
+            .env("RUNTIME_DIRECTORY", &runtime)
+            .args(["--reload", &a.pid().to_string()])
+            .run_to_exit(WAIT)
+    };
+    for fault in ["status=503", "status=502", "delay=1500ms"] {
+        std::fs::write(&file, format!("{fault}\n")).unwrap();
+        let out = reload().await;
+        assert_eq!(out.code, Some(0), "{fault}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains(&format!("fault {fault}")),
+            "{}",
+            out.stdout
+        );
+        // In force when the command returned: no waiting.
+        assert_eq!(fault_in_force(&a).await, fault);
+    }
+    std::fs::write(&file, "status=999\n").unwrap();
+    let refused = reload().await;
+    testkit::program::assert_one_line_error(&refused, 1, &["refused", "400 to 599"], "reload");
+    assert_eq!(fault_in_force(&a).await, "delay=1500ms");
+
+    // Without a runtime directory to answer through, it says what is missing.
+    let lost = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .no_listen()
+        .args(["--reload", &a.pid().to_string()])
+        .run_to_exit(WAIT)
+        .await;
+    testkit::program::assert_one_line_error(&lost, 2, &["RUNTIME_DIRECTORY"], "no runtime dir");
+    // Nor is a process that is not there signalled blindly.
+    let gone = ProcBuilder::at(env!("CARGO_BIN_EXE_service-a"))
+        .no_listen()
+        .env("RUNTIME_DIRECTORY", &runtime)
+        .args(["--reload", "999999999"])
+        .run_to_exit(WAIT)
+        .await;
+    assert_eq!(gone.code, Some(1), "{}", gone.stderr);
+}

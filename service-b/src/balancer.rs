@@ -8,7 +8,7 @@
 
 use reqwest::header::{HeaderMap, HeaderName};
 
-use crate::upstream::{ErrorKind, UpstreamError};
+use crate::classify::{ErrorKind, UpstreamError};
 
 /// The header a balancer puts on the answers it makes itself.
 pub const BALANCER_ERROR: HeaderName = HeaderName::from_static("balancer-error");
@@ -46,6 +46,7 @@ pub fn verdict(status: u16, headers: &HeaderMap) -> Option<UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::degraded::Degradation;
     use reqwest::header::HeaderValue;
 
     fn headers(value: &'static str) -> HeaderMap {
@@ -78,9 +79,7 @@ mod tests {
         // The balancer answered at once without calling a replica: an open
         // breaker would add nothing but hide why (circuit_open).
         let counts = |value| {
-            verdict(503, &headers(value))
-                .unwrap()
-                .counts_against_upstream()
+            Degradation::Failed(verdict(503, &headers(value)).unwrap()).counts_against_upstream()
         };
         assert!(!counts("no_healthy_upstream"));
         assert!(counts("timeout"));

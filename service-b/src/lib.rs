@@ -2,36 +2,38 @@
 //!
 //! `GET /call-echo?msg=TEXT` calls service-a's `/echo` under a deadline and
 //! answers with service-a's body; when service-a is down, slow or broken it
-//! stays up and answers 503 with a body that says why ([`upstream`] sorts
-//! the failures). A bound on calls in flight and a circuit breaker
-//! ([`protect`]) keep it standing when service-a hangs or keeps failing.
+//! stays up and answers 503 with a body that says why. [`upstream`] makes
+//! the call, [`classify`] names what went wrong, [`degraded`] writes the 503;
+//! a bound on calls in flight and a circuit breaker ([`protect`]) keep it
+//! standing when service-a hangs or keeps failing.
 
 pub mod balancer;
+pub mod classify;
+pub mod degraded;
 pub mod protect;
+mod reuse;
 pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::Counter;
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{KeyValue, global};
 use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 use salvo::http::StatusCode;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Router, Scribe, async_trait};
-use serde::Serialize;
 use service_kit::cli::{ServerSettings, parse_duration, show_duration};
-use service_kit::error::{ApiError, write_json, write_json_value};
+use service_kit::error::{ApiError, write_json};
 use service_kit::health::Health;
-use service_kit::observe::Degraded;
 use service_kit::query::msg_from_query;
 use service_kit::{App, Daemon, StartError};
 use url::Url;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::degraded::{Degradation, degrade};
 use crate::protect::{Breaker, InFlight, Ticket};
-use crate::upstream::{ErrorKind, Upstream, UpstreamError, parse_base_url};
+use crate::upstream::{Upstream, parse_base_url};
 
 /// service-b as the shared lifecycle sees it.
 #[derive(Debug)]
@@ -110,13 +112,13 @@ impl Protection {
     }
 }
 
-impl Default for Protection {
-    /// The defaults of the flags: 1024 in flight, open after 5 failures for 5 s.
-    fn default() -> Self {
-        Self {
-            in_flight: InFlight::new(1024),
-            breaker: Breaker::new(5, Duration::from_secs(5)),
-        }
+impl Args {
+    /// The settings as the flags' defaults give them (and the environment,
+    /// as for the daemon): what embedding the routes in a test starts from.
+    pub fn defaults() -> Result<Self, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        let cmd = Self::augment_args(clap::Command::new(ServiceB::NAME));
+        Self::from_arg_matches(&cmd.try_get_matches_from([ServiceB::NAME])?)
     }
 }
 
@@ -179,8 +181,8 @@ pub fn router(upstream: Upstream, protection: Protection, max_msg_bytes: usize) 
         .build();
     // Every kind starts at zero, so the first degradation of a kind is an
     // increase Prometheus can see (a series that first appears at 1 is not).
-    for kind in ErrorKind::ALL {
-        degraded.add(0, &[KeyValue::new(ERROR_TYPE, kind.as_str())]);
+    for kind in Degradation::kinds() {
+        degraded.add(0, &[KeyValue::new(ERROR_TYPE, kind)]);
     }
     let protection = Arc::new(protection);
     let seen_by_health = protection.clone();
@@ -215,20 +217,6 @@ struct CallEcho {
     degraded: Counter<u64>,
 }
 
-/// The contract's 503 body.
-#[derive(Serialize)]
-struct DegradedBody<'a> {
-    service_b: &'static str,
-    service_a: &'static str,
-    error: &'static str,
-    http_status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_sampled: Option<bool>,
-    message: &'a str,
-}
-
 const OK_PREFIX: &[u8] = br#"{"service_b":"ok","service_a":"#;
 
 #[async_trait]
@@ -246,7 +234,7 @@ impl Handler for CallEcho {
         };
         let result = match self.admit() {
             Ok((ticket, _slot)) => {
-                let result = self.upstream.echo(&msg).await;
+                let result = self.upstream.echo(&msg).await.map_err(Degradation::Failed);
                 match &result {
                     Err(e) if e.counts_against_upstream() => ticket.failed(),
                     _ => ticket.succeeded(),
@@ -266,10 +254,10 @@ impl Handler for CallEcho {
                 body.push(b'}');
                 write_json(res, StatusCode::OK, body);
             }
-            Err(e) => {
+            Err(why) => {
                 self.degraded
-                    .add(1, &[KeyValue::new(ERROR_TYPE, e.kind.as_str())]);
-                degrade(depot, res, &e);
+                    .add(1, &[KeyValue::new(ERROR_TYPE, why.kind())]);
+                degrade(depot, res, &why);
             }
         }
     }
@@ -278,57 +266,19 @@ impl Handler for CallEcho {
 impl CallEcho {
     /// Whether a call may be made now: the breaker first (an open one costs
     /// nothing), then a slot among the calls in flight.
-    fn admit(&self) -> Result<(Ticket<'_>, OwnedSemaphorePermit), UpstreamError> {
-        let ticket = self.protection.breaker.admit().map_err(|left| {
-            UpstreamError::new(
-                ErrorKind::CircuitOpen,
-                format!(
-                    "service-a kept failing; circuit breaker open, next try in {} ms",
-                    left.as_millis()
-                ),
-            )
-        })?;
-        let slot = self.protection.in_flight.try_enter().ok_or_else(|| {
-            UpstreamError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "{} calls to service-a already in flight",
-                    self.protection.in_flight.limit()
-                ),
-            )
-        })?;
+    fn admit(&self) -> Result<(Ticket<'_>, OwnedSemaphorePermit), Degradation> {
+        let ticket = self
+            .protection
+            .breaker
+            .admit()
+            .map_err(|next_try| Degradation::CircuitOpen { next_try })?;
+        let slot =
+            self.protection
+                .in_flight
+                .try_enter()
+                .ok_or_else(|| Degradation::Overloaded {
+                    limit: self.protection.in_flight.limit(),
+                })?;
         Ok((ticket, slot))
     }
-}
-
-fn degrade(depot: &mut Depot, res: &mut Response, e: &UpstreamError) {
-    let http_status = e.http_status();
-    depot.insert_typed(Degraded {
-        kind: e.kind.as_str(),
-        upstream_status: http_status,
-    });
-    // The request's SERVER span: the event says why on the span itself.
-    let cx = Context::current();
-    let span = cx.span();
-    span.add_event(
-        "degraded",
-        vec![
-            KeyValue::new(ERROR_TYPE, e.kind.as_str()),
-            KeyValue::new("service_b.upstream_status", i64::from(http_status)),
-            KeyValue::new("message", e.detail.clone()),
-        ],
-    );
-    let trace = span.span_context();
-    let body = DegradedBody {
-        service_b: "ok",
-        service_a: "unavailable",
-        error: e.kind.as_str(),
-        http_status,
-        trace_id: trace.is_valid().then(|| trace.trace_id().to_string()),
-        // With head sampling below 100 %, a trace id may name a trace that
-        // was never exported: say which.
-        trace_sampled: trace.is_valid().then(|| trace.is_sampled()),
-        message: &e.detail,
-    };
-    write_json_value(res, StatusCode::SERVICE_UNAVAILABLE, &body);
 }

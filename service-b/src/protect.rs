@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use service_kit::telemetry::current_trace_id;
+use service_kit::trace_id::current_trace_id;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The bound on calls to service-a in flight at once.

@@ -20,7 +20,7 @@ fn service_b(upstream: SocketAddr, deadline: Duration) -> Service {
     let upstream = Upstream::new(&url, deadline, LIMIT).unwrap();
     service_kit::service::<service_b::ServiceB>(service_b::router(
         upstream,
-        service_b::Protection::default(),
+        service_b::Protection::from_args(&service_b::Args::defaults().unwrap()),
         LIMIT,
     ))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use testkit::{
     Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Reply, eventually, open_fds,
-    proc_status_kib, raise_fd_limit, unused_addr,
+    proc_status_kib, raise_fd_limit, refused_addr,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,8 +52,9 @@ async fn past_the_in_flight_bound_answers_are_overloaded_at_once() {
     );
     for r in replies.iter().filter(|r| r.json["error"] == "overloaded") {
         assert_eq!(r.json["http_status"], 503);
+        // "At once": well before the deadline (3 s) it would otherwise wait.
         assert!(
-            r.latency < Duration::from_millis(400),
+            r.latency < Duration::from_millis(1500),
             "overloaded took {:?}",
             r.latency
         );
@@ -149,8 +150,9 @@ async fn the_breaker_opens_after_consecutive_failures_and_a_probe_closes_it() {
         ),
         (Some("circuit_open"), Some(503))
     );
+    // "At once": well before the deadline (1 s) it would otherwise wait.
     assert!(
-        refused.latency < Duration::from_millis(100),
+        refused.latency < Duration::from_millis(500),
         "{:?}",
         refused.latency
     );
@@ -462,7 +464,7 @@ async fn a_slow_or_silent_collector_changes_no_answer_and_drops_are_counted() {
     for (what, endpoint) in [
         ("slow", slow.url()),
         ("black-holed", format!("http://{}", testkit::black_hole())),
-        ("refusing", format!("http://{}", unused_addr())),
+        ("refusing", format!("http://{}", refused_addr())),
     ] {
         let mut b = ProcBuilder::new("service-b")
             .env("SERVICE_A_URL", fake.url())
@@ -483,8 +485,10 @@ async fn a_slow_or_silent_collector_changes_no_answer_and_drops_are_counted() {
                 slowest = slowest.max(r.latency);
             }
         }
+        // An export that held a request up would hold it for the slow
+        // collector's 2 s; the bound is the upstream deadline, not tighter.
         assert!(
-            slowest < Duration::from_millis(500),
+            slowest < Duration::from_secs(1),
             "{what}: slowest answer {slowest:?}"
         );
         assert!(proc_status_kib(b.pid(), "VmHWM") < 100 * 1024, "{what}");
@@ -493,15 +497,27 @@ async fn a_slow_or_silent_collector_changes_no_answer_and_drops_are_counted() {
             "{what}: fds {fds} -> {}",
             open_fds(b.pid())
         );
-        if what != "refusing" {
-            // 1000 requests make 2000 spans; the queue holds 64.
-            b.wait_for_log("dropped", Duration::from_secs(5)).await;
-        }
         b.signal(testkit::Sig::SIGTERM);
         assert_eq!(
             b.wait_exit(Duration::from_secs(10)).await.code(),
             Some(0),
             "{what}"
         );
+        if what != "refusing" {
+            // 1000 requests make 2000 spans; the queue holds 64, and a
+            // collector that takes 2 s per export, or never answers, cannot
+            // take them all. The exit says how many were dropped.
+            let logs = b.logs();
+            let dropped: usize = logs
+                .split("dropped_span_count=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: no count of dropped spans:\n{logs}"));
+            assert!(
+                (1..=2_000 - 64).contains(&dropped),
+                "{what}: {dropped} spans dropped"
+            );
+        }
     }
 }

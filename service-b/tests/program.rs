@@ -87,7 +87,7 @@ async fn an_absurd_duration_of_its_own_is_refused_at_start_naming_the_range() {
 /// in the log, are not crowded out. `RUST_LOG=info` brings every line back.
 #[tokio::test]
 async fn under_the_journal_only_degraded_and_failed_requests_have_access_lines() {
-    let upstream = format!("http://{}", testkit::unused_addr());
+    let upstream = format!("http://{}", testkit::refused_addr());
     for (rust_log, every_line) in [(None, false), (Some("info"), true)] {
         let mut builder = SERVICE_B
             .proc()

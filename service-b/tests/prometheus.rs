@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use testkit::{
-    Behaviour, Client, FakeUpstream, MetricsBackend, Proc, ProcBuilder, Sig, unused_addr,
+    Behaviour, Client, FakeUpstream, MetricsBackend, Proc, ProcBuilder, Sig, refused_addr,
 };
 
 async fn daemon(name: &str, backend: &MetricsBackend, upstream: Option<&str>) -> Proc {
@@ -56,7 +56,7 @@ async fn promql_shows_the_degradations_timeouts_and_latency_the_test_caused() {
     let _idle = daemon(
         "service-b",
         &backend,
-        Some(&format!("http://{}", unused_addr())),
+        Some(&format!("http://{}", refused_addr())),
     )
     .await;
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 use testkit::{
     Behaviour, Client, FakeUpstream, OtlpReceiver, Proc, ProcBuilder, SPAN_KIND_CLIENT,
-    SPAN_KIND_SERVER, STATUS_ERROR, Sig, Span, eventually, unused_addr,
+    SPAN_KIND_SERVER, STATUS_ERROR, Sig, Span, eventually, refused_addr,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -151,7 +151,7 @@ async fn every_degradation_kind_is_tagged_on_both_spans_and_its_trace_id_is_in_t
     let cases = [
         (hang.url(), "timeout", None),
         (
-            format!("http://{}", unused_addr()),
+            format!("http://{}", refused_addr()),
             "connection_refused",
             None,
         ),
@@ -277,7 +277,7 @@ async fn a_resend_is_a_second_client_span_with_its_resend_count() {
 #[tokio::test]
 async fn a_degraded_body_says_whether_its_trace_was_sampled() {
     let rx = OtlpReceiver::start().await;
-    let dead = format!("http://{}", unused_addr());
+    let dead = format!("http://{}", refused_addr());
     let b = exporting("service-b", &rx)
         .env("SERVICE_A_URL", &dead)
         .env("OTEL_TRACES_SAMPLER", "traceidratio")
@@ -499,7 +499,7 @@ async fn a_black_holed_collector_changes_no_answer_and_delays_exit_by_a_bounded_
 #[tokio::test]
 async fn telemetry_can_be_turned_off() {
     let rx = OtlpReceiver::start().await;
-    let dead = format!("http://{}", unused_addr());
+    let dead = format!("http://{}", refused_addr());
     // Everything off: no trace id in the body, nothing sent.
     let off = exporting("service-b", &rx)
         .env("OTEL_SDK_DISABLED", "true")
@@ -577,4 +577,62 @@ async fn telemetry_can_be_turned_off() {
         "{}",
         bad.stderr
     );
+}
+
+/// A client that gives up while service-a hangs (the lab's central case,
+/// seen from the caller's side) is recorded as nginx records it: status
+/// 499, "client closed request". The access line, the SERVER span (status
+/// and attribute) and the duration metric all have it.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_recorded_as_499() {
+    let rx = OtlpReceiver::start().await;
+    let hang = FakeUpstream::start(Behaviour::Hang).await;
+    let b = exporting("service-b", &rx)
+        .env("SERVICE_A_URL", hang.url())
+        .env("SERVICE_B_UPSTREAM_TIMEOUT", "5s")
+        .args(["--shutdown-timeout", "6s"])
+        .spawn()
+        .await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient.get(b.url("/call-echo?msg=anyone")).send().await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+
+    b.wait_for_log("GET /call-echo 499", WAIT).await;
+    let line = b
+        .logs()
+        .lines()
+        .find(|l| l.contains("GET /call-echo 499"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("client closed"), "{line}");
+    let trace_id = line
+        .split("trace_id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let spans = trace(&rx, &trace_id, 1).await;
+    let server = find(&spans, "service-b", SPAN_KIND_SERVER);
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("499")
+    );
+    assert_eq!(server.status_code, STATUS_ERROR);
+    assert_eq!(server.attr("error.type").as_deref(), Some("client_closed"));
+    let sample = eventually("a 499 duration sample", WAIT, || {
+        let p = rx.latest(
+            "service-b",
+            "http.server.request.duration",
+            &[("http.response.status_code", "499")],
+        );
+        async move { p }
+    })
+    .await;
+    assert_eq!(sample.attr("http.route").as_deref(), Some("/call-echo"));
+    assert_eq!(sample.attr("error.type").as_deref(), Some("client_closed"));
 }

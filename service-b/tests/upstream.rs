@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use service_b::upstream::{ErrorKind, Upstream};
+use service_b::classify::ErrorKind;
+use service_b::upstream::Upstream;
 use testkit::{Behaviour, FakeUpstream};
 
 const DEADLINE: Duration = Duration::from_secs(1);

@@ -47,6 +47,9 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Validate the configuration, print it, and exit without serving.
     pub check_config: bool,
+    /// Not a daemon: ask the one running as this process to reload, and
+    /// report its answer (`ExecReload=`, see [`crate::reload`]).
+    pub reload: Option<u32>,
     /// Limits on what clients may do to the server.
     pub limits: ServerLimits,
 }
@@ -136,6 +139,13 @@ pub fn with_server_args(cmd: Command, env_prefix: &str, default_listen: &str) ->
         .arg(arg(&HEADER_TIMEOUT, "10s".to_owned()).value_parser(parse_duration))
         .arg(arg(&IDLE_TIMEOUT, "60s".to_owned()).value_parser(parse_duration))
         .arg(
+            clap::Arg::new("reload")
+                .long("reload")
+                .value_name("PID")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help("Ask the daemon running as PID to re-read what it can change (SIGHUP) and wait for its answer: exit 0 once in force, 1 with the reason if refused (what `systemctl reload` runs)"),
+        )
+        .arg(
             clap::Arg::new("check-config")
                 .long("check-config")
                 .action(ArgAction::SetTrue)
@@ -151,6 +161,7 @@ impl ServerSettings {
             max_msg_bytes: value(m, MAX_MSG_BYTES.long)?,
             shutdown_timeout: value(m, SHUTDOWN_TIMEOUT.long)?,
             check_config: m.get_flag("check-config"),
+            reload: m.get_one::<u32>("reload").copied(),
             limits: ServerLimits {
                 max_connections: value(m, MAX_CONNECTIONS.long)?,
                 max_header_bytes: value(m, MAX_HEADER_BYTES.long)?,
@@ -232,9 +243,27 @@ fn parse_header_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Formats a duration the way the flags accept it (`1s`, `250ms`).
+/// Formats a duration as one word that every setting (and service-a's fault
+/// file, which splits on spaces) reads back as the same duration: a whole
+/// number of the largest unit that divides it (`5s`, `1500ms`, `90m`).
 pub fn show_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (per, unit) = UNITS
+        .iter()
+        .find(|(per, _)| nanos.is_multiple_of(*per))
+        .unwrap_or(&(1, "ns"));
+    format!("{}{unit}", nanos / per)
 }
 
 /// Turns a clap error into what the contract promises: help and version go
@@ -312,7 +341,23 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
         assert!(parse_duration("24h 1ns").is_err());
         assert!(parse_duration("500000000y").is_err());
-        assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
+    }
+
+    #[test]
+    fn durations_are_shown_as_one_word_that_parses_back() {
+        for (d, shown) in [
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_nanos(1_000_000_001), "1000000001ns"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(show_duration(d), shown);
+            assert_eq!(humantime::parse_duration(shown), Ok(d), "{shown}");
+        }
     }
 
     #[test]

@@ -11,10 +11,11 @@ use salvo::fuse::FuseConfig;
 use salvo::{Router, Server, Service};
 
 use crate::cli::{self, ConfigError, EXIT_CONFIG, EXIT_RUNTIME, ServerSettings, show_duration};
+use crate::connection::{ClockedAcceptor, Clocks};
 use crate::listener::{self, Origin};
 use crate::observe::Observe;
 use crate::policy::ResponsePolicy;
-use crate::signals::{Event, Shutdown};
+use crate::signals::{self, Event, Shutdown};
 use crate::telemetry::{FLUSH_BOUND, Telemetry, TelemetrySettings};
 use crate::watchdog::Watchdog;
 use crate::{logging, notify};
@@ -83,8 +84,9 @@ impl From<ConfigError> for StartError {
 }
 
 /// Re-reads what a daemon can change while running; the new summary, or
-/// why the change was refused (the old settings then stay).
-pub type Reload = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// why the change was refused (the old settings then stay). It may block
+/// (it reads files): it runs on a blocking thread.
+pub type Reload = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// A built daemon, ready to serve.
 pub struct App {
@@ -112,7 +114,7 @@ impl App {
         mut self,
         reload: impl Fn() -> Result<String, String> + Send + Sync + 'static,
     ) -> Self {
-        self.reload = Some(Box::new(reload));
+        self.reload = Some(Arc::new(reload));
         self
     }
 }
@@ -139,6 +141,28 @@ pub fn service<D: Daemon>(router: Router) -> Service {
 
 /// The whole program; `main.rs` of each daemon calls only this.
 pub fn main<D: Daemon>() -> ExitCode {
+    // SIGHUP first, then the runtime and every signal the daemon handles,
+    // before anything else: see the signals module.
+    if let Err(e) = signals::catch_sighup_at_once() {
+        return fail::<D>(&StartError::Startup(format!("cannot handle SIGHUP: {e}")));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail::<D>(&StartError::Startup(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
+    };
+    let shutdown = match runtime.block_on(async { Shutdown::register() }) {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            return fail::<D>(&StartError::Startup(format!("cannot handle signals: {e}")));
+        }
+    };
     // The daemon's Args doc comment would become the about text: set ours last.
     let shared = cli::with_server_args(Command::new(D::NAME), D::ENV_PREFIX, D::DEFAULT_LISTEN);
     let cmd = D::Args::augment_args(shared)
@@ -152,6 +176,9 @@ pub fn main<D: Daemon>() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) => return cli::report_cli_error(D::NAME, &cmd, &e),
     };
+    if let Some(pid) = settings.reload {
+        return crate::reload::request(D::NAME, pid);
+    }
     if let Err(e) = settings.check(D::ENV_PREFIX) {
         return fail::<D>(&e.into());
     }
@@ -164,27 +191,18 @@ pub fn main<D: Daemon>() -> ExitCode {
     let (telemetry, otel_layer) = if settings.check_config {
         (Telemetry::default(), None)
     } else {
-        match Telemetry::start(otel, D::NAME, D::VERSION) {
+        match Telemetry::start(&otel, D::NAME, D::VERSION) {
             Ok(started) => started,
             Err(e) => return fail::<D>(&StartError::Startup(e)),
         }
     };
-    if let Some(warning) = logging::init(otel_layer.into_iter().collect()) {
+    let logging = logging::init(otel_layer.into_iter().collect());
+    if let Some(warning) = &logging.warning {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            return fail::<D>(&StartError::Startup(format!(
-                "cannot start the async runtime: {e}"
-            )));
-        }
-    };
-    let code = runtime.block_on(async move {
-        match run::<D>(settings, args, otel).await {
+    let code = runtime.block_on(async {
+        logging.spawn_drop_reports();
+        match run::<D>(settings, args, otel, shutdown).await {
             Ok(code) => {
                 telemetry.shutdown(FLUSH_BOUND).await;
                 code
@@ -199,6 +217,8 @@ pub fn main<D: Daemon>() -> ExitCode {
     // A flush that gave up may still block a thread on a collector that
     // never answers; dropping the runtime would wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    // Then the lines still buffered are written (within a second).
+    drop(logging);
     code
 }
 
@@ -206,6 +226,7 @@ async fn run<D: Daemon>(
     settings: ServerSettings,
     args: D::Args,
     otel: TelemetrySettings,
+    mut shutdown: Shutdown,
 ) -> Result<ExitCode, StartError> {
     let app = D::build(&settings, args)?;
     if settings.check_config {
@@ -222,8 +243,6 @@ async fn run<D: Daemon>(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut shutdown = Shutdown::register()
-        .map_err(|e| StartError::Startup(format!("cannot handle signals: {e}")))?;
     let (acceptor, addr, origin) = listener::acquire(settings.listen).await.map_err(|e| {
         let setting = format!("--listen / {}_LISTEN", D::ENV_PREFIX);
         StartError::Startup(format!(
@@ -233,13 +252,25 @@ async fn run<D: Daemon>(
     })?;
 
     let limits = settings.limits;
+    // The header and idle timeouts are the connection's own clocks (see the
+    // connection module): hyper's header clock, and salvo's, which counts
+    // any silence (a slow answer too), are off.
     let fuse = FuseConfig::default()
-        .with_http1_header_timeout(limits.header_timeout)
-        .with_connection_idle_timeout(limits.idle_timeout);
+        .with_http1_header_timeout(None)
+        .with_connection_idle_timeout(None);
+    let clocks = Clocks {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+    };
+    let acceptor = ClockedAcceptor::new(acceptor, clocks);
+    let intake = acceptor.intake();
     let mut server = Server::new(acceptor)
         .fuse_config(fuse)
         .max_connections(limits.max_connections);
-    server.http1_mut().max_buf_size(limits.max_header_bytes);
+    server
+        .http1_mut()
+        .max_buf_size(limits.max_header_bytes)
+        .header_read_timeout(None);
     let handle = server.handle();
     let mut serving = tokio::spawn(server.try_serve(service::<D>(app.router)));
 
@@ -265,16 +296,14 @@ async fn run<D: Daemon>(
         tracing::info!("{}", watchdog.describe());
     }
     notify::ready(&status_now(&status));
-    if let Some(watchdog) = watchdog {
-        watchdog.spawn(addr, status.clone());
-    }
+    let watchdog = watchdog.map(|watchdog| watchdog.spawn(addr, status.clone()));
 
     let signal = loop {
         tokio::select! {
             event = shutdown.recv() => match event {
                 Event::Stop(signal) => break signal,
                 Event::Reload => {
-                    reload(app.reload.as_ref(), &status, &status_of);
+                    reload(app.reload.clone(), &status, &status_of).await;
                 }
             },
             ended = &mut serving => {
@@ -289,9 +318,21 @@ async fn run<D: Daemon>(
             }
         }
     };
+    // The drain closes the listening socket, so the watchdog's self-check
+    // would fail: it stops here (systemd, told STOPPING=1, stops watching),
+    // and once it has, nothing but the drain writes STATUS=.
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+        let _ = watchdog.await;
+    }
     let grace = show_duration(settings.shutdown_timeout);
     tracing::info!("{signal} received: draining in-flight requests for up to {grace}");
     notify::stopping(&format!("{signal} received, draining for up to {grace}"));
+    // No new connection; those accepted already are read from before the
+    // graceful stop, which would close them unread (see the connection
+    // module).
+    intake.stop();
+    intake.settled(SETTLE_WITHIN).await;
     handle.stop_graceful(Some(settings.shutdown_timeout));
     tokio::select! {
         _ = &mut serving => {}
@@ -305,14 +346,24 @@ async fn run<D: Daemon>(
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP: tells systemd a reload runs (`RELOADING=1`), re-reads, and says
-/// `READY=1` with the status line of what is now in force. A refused change
-/// is one ERROR line; the settings in force stay. The reload is a span of
-/// its own (a `tracing` span, bridged by tracing-opentelemetry), so a trace
-/// view shows when a fault was switched, next to the requests it changed.
-fn reload(reload: Option<&Reload>, status: &Mutex<String>, status_of: &dyn Fn(&str) -> String) {
+/// How long a drain waits for accepted connections to be read from.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// SIGHUP: tells systemd a reload runs (`RELOADING=1`), re-reads on a
+/// blocking thread, says `READY=1` with the status line of what is now in
+/// force, and answers a waiting `systemctl reload` ([`crate::reload`]). A
+/// refused change is one ERROR line; the settings in force stay. The reload
+/// is a span of its own (a `tracing` span, bridged by tracing-opentelemetry),
+/// so a trace view shows when a fault was switched, next to the requests it
+/// changed.
+async fn reload(
+    reload: Option<Reload>,
+    status: &Mutex<String>,
+    status_of: &dyn Fn(&str) -> String,
+) {
     let Some(reload) = reload else {
         tracing::info!("SIGHUP received: nothing to reload");
+        crate::reload::answer(&Ok("nothing to reload".to_owned()));
         return;
     };
     let span = tracing::info_span!(
@@ -324,36 +375,40 @@ fn reload(reload: Option<&Reload>, status: &Mutex<String>, status_of: &dyn Fn(&s
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    let _entered = span.enter();
     notify::reloading("reloading");
-    let mut current = status.lock().unwrap_or_else(PoisonError::into_inner);
-    match reload() {
+    let outcome = tokio::task::spawn_blocking(move || reload())
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload failed: {e}")));
+    let _entered = span.enter();
+    let line = match &outcome {
         Ok(summary) => {
-            *current = status_of(&summary);
+            let line = status_of(summary);
+            *status.lock().unwrap_or_else(PoisonError::into_inner) = line.clone();
             span.record("reload.outcome", "applied");
             span.record("reload.settings", summary.as_str());
             tracing::info!("reloaded: {summary}");
+            line
         }
         Err(e) => {
             span.record("reload.outcome", "refused");
             span.record("otel.status_code", "error");
             span.record("otel.status_description", e.as_str());
             tracing::error!("reload refused, the settings in force stay: {e}");
+            status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
         }
-    }
-    notify::ready(&current);
+    };
+    notify::ready(&line);
+    crate::reload::answer(&outcome);
 }
 
 /// Lifts the soft limit on open files to the hard one: each connection is a
 /// file, and a soft limit of 1024 (the usual default) would stop accepting
 /// long before `--max-connections`. Under systemd, `LimitNOFILE=` sets both.
 fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 /// The one line a failure to start prints, and its exit status.

@@ -11,6 +11,17 @@
 //! successful lines would use it up and the WARN and ERROR lines that matter
 //! (degraded answers, 5xx) would be the ones lost. `RUST_LOG=info` asks for
 //! every line anyway.
+//!
+//! Text lines are written by a thread of their own, from a bounded buffer
+//! ([`BUFFERED_LINES`]): a reader that stalls (stderr piped into a paused
+//! `less`, a terminal on scroll lock) must not stall the answers, as it
+//! would if the workers wrote the lines themselves (they block in write(2)
+//! once the pipe's 64 KiB are full, `/health` included). Past the buffer,
+//! lines are dropped, counted, and the count is logged as soon as a line
+//! gets through again ([`report_drops`]). The journal is written directly,
+//! as tracing-journald does: journald is systemd's own, and a daemon
+//! stuck on a wedged journald stops answering its watchdog's self-check,
+//! so systemd restarts it.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -39,10 +50,24 @@ pub const SDK_ERROR_EVERY: Duration = Duration::from_secs(60);
 /// A layer on the global subscriber (the OpenTelemetry bridge, for one).
 pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// Text lines waiting for the writer thread, at most: a burst of about a
+/// megabyte, or a second of a stall at four thousand lines a second.
+pub const BUFFERED_LINES: usize = 4096;
+
+/// The log output, once installed: keep it until the process ends.
+#[derive(Debug, Default)]
+pub struct Logging {
+    /// A warning to log once logging works (a bad `RUST_LOG`, say).
+    pub warning: Option<String>,
+    /// Text lines dropped because the reader did not keep up.
+    dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
+    /// Flushes what is buffered when dropped (at exit).
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Installs the global subscriber with `extra` layers besides the output;
 /// each extra layer carries its own filter.
-/// Returns a warning to log once logging works (a bad `RUST_LOG`, say).
-pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
+pub fn init(extra: Vec<BoxedLayer>) -> Logging {
     let journal = stderr_is_journal();
     let default = default_filter(journal);
     let (filter, warning) = match EnvFilter::try_from_default_env() {
@@ -62,14 +87,48 @@ pub fn init(extra: Vec<BoxedLayer>) -> Option<String> {
     // that `debug!`/`trace!` in the libraries stay free when nothing wants them.
     let hint = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let mut layers = extra;
+    let (output, mut logging) = output(journal);
     layers.push(
-        output(journal)
+        output
             .with_filter(filter)
             .with_filter(output_filter(hint))
             .boxed(),
     );
     let _ = Registry::default().with(layers).try_init();
-    warning
+    logging.warning = warning;
+    logging
+}
+
+impl Logging {
+    /// Starts [`report_drops`] on the current runtime, if lines can be dropped.
+    pub fn spawn_drop_reports(&self) {
+        if let Some(dropped) = self.dropped.clone() {
+            tokio::spawn(report_drops(dropped, DROP_REPORTS_EVERY));
+        }
+    }
+}
+
+/// How often the count of dropped lines is looked at.
+const DROP_REPORTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Logs how many text lines were dropped so far, every `period`, whenever
+/// the count has grown; runs until the process ends. The report is itself a
+/// line that may be dropped, and then counted: it is repeated until one
+/// gets through, so drops are never silent.
+async fn report_drops(dropped: tracing_appender::non_blocking::ErrorCounter, period: Duration) {
+    let mut reported = 0;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let now = dropped.dropped_lines();
+        if now > reported {
+            reported = now;
+            tracing::warn!(
+                dropped_lines = now,
+                "{now} log lines dropped so far: the reader of stderr did not keep up (lines are dropped rather than stall the answers)"
+            );
+        }
+    }
 }
 
 /// The filter when `RUST_LOG` is unset under the journal: requests that went
@@ -122,18 +181,30 @@ fn output_filter<S>(hint: LevelFilter) -> impl Filter<S> {
     })
 }
 
-fn output(journal: bool) -> BoxedLayer {
+fn output(journal: bool) -> (BoxedLayer, Logging) {
     if journal && let Ok(journald) = tracing_journald::layer() {
         // No prefix: fields are KIND, STATUS, TRACE_ID, not F_KIND...
-        return Box::new(journald.with_field_prefix(None));
+        return (
+            Box::new(journald.with_field_prefix(None)),
+            Logging::default(),
+        );
     }
-    Box::new(
-        tracing_subscriber::fmt::layer()
-            .fmt_fields(TextFields)
-            .with_timer(Rfc3339Micros)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal()),
-    )
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let logging = Logging {
+        warning: None,
+        dropped: Some(writer.error_counter()),
+        _writer: Some(guard),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .fmt_fields(TextFields)
+        .with_timer(Rfc3339Micros)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
+    (Box::new(layer), logging)
 }
 
 /// Fields on a text line as `name=value`, without the `otel.*` fields that

@@ -1,8 +1,8 @@
 //! The hoop in front of every request of both daemons. It only observes:
 //! for each request it opens the SERVER span (continuing the caller's
 //! `traceparent`), records `http.server.request.duration` and writes the
-//! one access-log line. What the answer says is decided inside it (the
-//! handlers, and [`crate::policy`] for what every answer gets).
+//! one access line (`access.rs`). What the answer says is decided inside it
+//! (the handlers, and [`crate::policy`] for what every answer gets).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -23,16 +23,21 @@ use salvo::http::header::USER_AGENT;
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::telemetry::{Durations, hex_into, tracer};
+use crate::access::{log_access, log_client_closed};
+use crate::durations::Durations;
+use crate::telemetry::tracer;
 
 /// Set by a handler whose answer is degraded because a dependency failed, so
-/// the access log and the server span can say why.
+/// the access line, the server span and the duration metric can say why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Degraded {
-    /// The contract's error kind (`timeout`, `connection_refused`, ...).
+    /// Why, as a short name of the daemon's own: the span's and the metric's
+    /// `error.type`, the access line's `kind`.
     pub kind: &'static str,
-    /// The status a reverse proxy would have answered (`http_status` in the body).
-    pub upstream_status: u16,
+    /// The status the failure stands for: what a reverse proxy in the
+    /// daemon's place would have answered. The access line calls it
+    /// `upstream_status`, as nginx's log does.
+    pub status: u16,
 }
 
 /// The route template of a matched request (`/echo`), never the raw path:
@@ -105,7 +110,7 @@ impl Endpoints {
 }
 
 /// What a server duration's attributes derive from: method, route, status
-/// and the degraded kind.
+/// and the kind of failure (degraded, or the client gone).
 type ServerKey = (
     &'static str,
     Option<&'static str>,
@@ -187,8 +192,18 @@ impl Handler for Observe {
             parent.with_span(span)
         });
 
+        // Until the answer is decided, a dropped request (its client closed
+        // the connection, and hyper dropped this future) is recorded as 499.
+        let mut record = Record {
+            observe: self,
+            started,
+            method,
+            endpoint,
+            cx,
+            done: false,
+        };
         // With traces off there is no context to make current.
-        match &cx {
+        match &record.cx {
             Some(cx) => {
                 ctrl.call_next(req, depot, res)
                     .with_context(cx.clone())
@@ -198,17 +213,69 @@ impl Handler for Observe {
         };
 
         let status = res.status_code.unwrap_or(StatusCode::OK);
-
-        let elapsed = started.elapsed();
-        let code = status.as_u16();
         let degraded = depot.get_typed::<Degraded>().ok().copied();
-        // A server span is an error on 5xx only: a 4xx is the caller's mistake.
-        let error_type: Option<Value> = match degraded {
-            Some(d) => Some(d.kind.into()),
-            None if status.is_server_error() => Some(code.to_string().into()),
-            None => None,
+        record.finish(Outcome::Answered(status, degraded));
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// With this status, degraded or not.
+    Answered(StatusCode, Option<Degraded>),
+    /// The client closed the connection before the answer: nginx's 499.
+    ClientClosed,
+}
+
+/// The status nginx logs for a request whose client left before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+/// The `error.type` of such a request.
+const CLIENT_CLOSED_KIND: &str = "client_closed";
+
+/// One request being observed: its span, metric and access line, written
+/// once, when its answer is decided or when it is dropped unanswered.
+struct Record<'a> {
+    observe: &'a Observe,
+    started: Instant,
+    method: &'static str,
+    endpoint: Endpoint,
+    /// The SERVER span's context (traces on).
+    cx: Option<Context>,
+    /// Written already.
+    done: bool,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Outcome::ClientClosed);
+        }
+    }
+}
+
+impl Record<'_> {
+    fn finish(&mut self, outcome: Outcome) {
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        let (code, degraded) = match outcome {
+            Outcome::Answered(status, degraded) => (status.as_u16(), degraded),
+            Outcome::ClientClosed => (CLIENT_CLOSED, None),
         };
-        let span = cx.as_ref().map(Context::span);
+        // A server span is an error on 5xx only (a 4xx is the caller's
+        // mistake), on a degraded answer, and when the client left first:
+        // the request was never answered.
+        let (error_type, description): (Option<Value>, _) = match outcome {
+            Outcome::ClientClosed => (
+                Some(CLIENT_CLOSED_KIND.into()),
+                Some("the client closed the connection before the answer"),
+            ),
+            Outcome::Answered(_, Some(d)) => (Some(d.kind.into()), None),
+            Outcome::Answered(status, None) if status.is_server_error() => {
+                (Some(code.to_string().into()), None)
+            }
+            Outcome::Answered(..) => (None, None),
+        };
+        let span = self.cx.as_ref().map(Context::span);
         if let Some(span) = &span
             && span.is_recording()
         {
@@ -216,10 +283,11 @@ impl Handler for Observe {
             end.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)));
             if let Some(error_type) = &error_type {
                 end.push(KeyValue::new(ERROR_TYPE, error_type.clone()));
-                span.set_status(Status::error(error_type.to_string()));
+                let why = description.map_or_else(|| error_type.to_string(), str::to_owned);
+                span.set_status(Status::error(why));
             }
             if degraded.is_some() {
-                end.push(KeyValue::new(self.degraded_key.clone(), true));
+                end.push(KeyValue::new(self.observe.degraded_key.clone(), true));
             }
             span.set_attributes(end);
         }
@@ -227,166 +295,45 @@ impl Handler for Observe {
             span.end();
         }
 
-        let key = (method, endpoint.route, code, degraded.map(|d| d.kind));
-        self.duration.record(elapsed.as_secs_f64(), key, || {
-            let mut attributes = Vec::with_capacity(5);
-            attributes.extend([
-                KeyValue::new(HTTP_REQUEST_METHOD, method),
-                KeyValue::new(URL_SCHEME, "http"),
-                KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
-            ]);
-            if let Some(route) = endpoint.route {
-                attributes.push(KeyValue::new(HTTP_ROUTE, route));
-            }
-            if let Some(error_type) = error_type {
-                attributes.push(KeyValue::new(ERROR_TYPE, error_type));
-            }
-            attributes
-        });
+        let (method, route) = (self.method, self.endpoint.route);
+        let kind = match outcome {
+            Outcome::ClientClosed => Some(CLIENT_CLOSED_KIND),
+            Outcome::Answered(..) => degraded.map(|d| d.kind),
+        };
+        let key = (method, route, code, kind);
+        self.observe
+            .duration
+            .record(elapsed.as_secs_f64(), key, || {
+                let mut attributes = Vec::with_capacity(5);
+                attributes.extend([
+                    KeyValue::new(HTTP_REQUEST_METHOD, method),
+                    KeyValue::new(URL_SCHEME, "http"),
+                    KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(code)),
+                ]);
+                if let Some(route) = route {
+                    attributes.push(KeyValue::new(HTTP_ROUTE, route));
+                }
+                if let Some(error_type) = error_type {
+                    attributes.push(KeyValue::new(ERROR_TYPE, error_type));
+                }
+                attributes
+            });
 
-        log_access(
-            method,
-            endpoint.route.unwrap_or("(none)"),
-            code,
-            Micros(elapsed.as_micros() as u64),
-            degraded,
-            &TraceId(span.as_ref().map_or(&NO_SPAN, |s| s.span_context())),
-        );
+        let span_context = span.as_ref().map_or(&NO_SPAN, |s| s.span_context());
+        let endpoint = route.unwrap_or("(none)");
+        match outcome {
+            Outcome::ClientClosed => log_client_closed(method, endpoint, elapsed, span_context),
+            Outcome::Answered(..) => log_access(
+                method,
+                endpoint,
+                code,
+                elapsed,
+                degraded.map(|d| (d.kind, d.status)),
+                span_context,
+            ),
+        }
     }
 }
 
 /// The span context of a request that has no span (traces off).
 static NO_SPAN: SpanContext = SpanContext::NONE;
-
-/// A latency, shown in milliseconds with three decimals; integer arithmetic,
-/// because a float's formatting costs more than the rest of the line.
-#[derive(Clone, Copy)]
-struct Micros(u64);
-
-impl std::fmt::Display for Micros {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Right to left into a buffer: the three decimals, the point, the
-        // whole milliseconds.
-        let mut buf = [0u8; 24];
-        let mut at = buf.len();
-        let mut put = |digit: u64| {
-            at -= 1;
-            buf[at] = b'0' + (digit % 10) as u8;
-        };
-        let (mut whole, frac) = (self.0 / 1000, self.0 % 1000);
-        put(frac);
-        put(frac / 10);
-        put(frac / 100);
-        at -= 1;
-        buf[at] = b'.';
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (whole % 10) as u8;
-            whole /= 10;
-            if whole == 0 {
-                break;
-            }
-        }
-        f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or("?"))
-    }
-}
-
-/// The trace id of a span, worked out only if a log line is written.
-struct TraceId<'a>(&'a SpanContext);
-
-impl std::fmt::Display for TraceId<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.0.is_valid() {
-            return f.write_str("-");
-        }
-        let mut out = [0u8; 32];
-        hex_into(&mut out, &self.0.trace_id().to_bytes());
-        f.write_str(std::str::from_utf8(&out).unwrap_or("-"))
-    }
-}
-
-/// Whether the span's trace is sampled (exported), worked out only if a log
-/// line is written: with head sampling below 100 %, a trace id in a log line
-/// may name a trace that Jaeger never receives.
-struct Sampled<'a>(&'a SpanContext);
-
-impl std::fmt::Display for Sampled<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sc = self.0;
-        match sc.is_valid() {
-            true => write!(f, "{}", sc.is_sampled()),
-            false => f.write_str("-"),
-        }
-    }
-}
-
-/// One line per request. The message reads on its own (`journalctl` shows
-/// only it by default); the fields are for filtering.
-fn log_access(
-    method: &str,
-    endpoint: &str,
-    status: u16,
-    latency: Micros,
-    degraded: Option<Degraded>,
-    trace_id: &TraceId<'_>,
-) {
-    let latency_ms = format_args!("{latency}");
-    // Field values are only evaluated when the line is written.
-    match degraded {
-        Some(d) => tracing::warn!(
-            target: "access",
-            method, endpoint, status, latency_ms = %latency_ms,
-            kind = d.kind, upstream_status = d.upstream_status, trace_id = %trace_id,
-            trace_sampled = %Sampled(trace_id.0),
-            "{method} {endpoint} {status} degraded: {} (upstream {}) in {latency} ms",
-            d.kind, d.upstream_status
-        ),
-        None if status >= 500 => tracing::error!(
-            target: "access",
-            method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
-            trace_sampled = %Sampled(trace_id.0),
-            "{method} {endpoint} {status} in {latency} ms"
-        ),
-        None => tracing::info!(
-            target: "access",
-            method, endpoint, status, latency_ms = %latency_ms, trace_id = %trace_id,
-            "{method} {endpoint} {status} in {latency} ms"
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceId as OtelTraceId, TraceState};
-
-    use super::*;
-
-    #[test]
-    fn latencies_in_milliseconds_with_three_decimals() {
-        for (micros, shown) in [
-            (0, "0.000"),
-            (7, "0.007"),
-            (45, "0.045"),
-            (1_000, "1.000"),
-            (1_001_925, "1001.925"),
-            (u64::MAX, "18446744073709551.615"),
-        ] {
-            assert_eq!(Micros(micros).to_string(), shown);
-        }
-    }
-
-    #[test]
-    fn trace_ids_as_32_hex_digits_or_a_dash() {
-        let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
-        let sc = SpanContext::new(
-            OtelTraceId::from(id),
-            SpanId::from(1),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
-        assert_eq!(TraceId(&sc).to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(TraceId(&sc).to_string(), format!("{:032x}", id));
-        assert_eq!(TraceId(&SpanContext::NONE).to_string(), "-");
-    }
-}

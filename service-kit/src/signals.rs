@@ -15,7 +15,22 @@ pub enum Event {
     Reload,
 }
 
-/// Registered early, so a signal that arrives while starting is not lost.
+/// Catches SIGHUP from the first line of `main`, before anything else runs
+/// (the async runtime that [`Shutdown`] needs takes a few milliseconds to
+/// build). Its default action ends the process: a `systemctl reload` or a
+/// script's `kill -HUP` just after start would kill a daemon that had not
+/// got that far. One caught here comes before the settings are read, so it
+/// needs no reload. SIGTERM and SIGINT keep their default until
+/// [`Shutdown::register`]: to end a process that has not started is what
+/// they ask.
+pub fn catch_sighup_at_once() -> io::Result<()> {
+    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, ignored).map(drop)
+}
+
+/// Registered as soon as the runtime is up, before the settings are read,
+/// so a signal that arrives while starting is not lost: a SIGHUP then is a
+/// reload once the daemon serves; a SIGTERM a stop.
 #[derive(Debug)]
 pub struct Shutdown {
     term: Signal,

@@ -7,20 +7,23 @@
 //! subscriber lookup per attribute and per poll. The rare lifecycle
 //! operations (a reload) are `tracing` spans that tracing-opentelemetry
 //! bridges, and `tracing` stays the way to log. A batch processor on its own
-//! thread exports spans, and a periodic reader exports cumulative metrics. A collector that is down, refuses or never answers
-//! only costs that thread its export timeout: the bounded queue drops what
-//! does not fit and requests never wait. On exit both are flushed within a
-//! bound shorter than the unit's `TimeoutStopSec=`.
+//! thread exports spans, and a periodic reader exports cumulative metrics. A
+//! collector that is down, refuses or never answers only costs that thread
+//! its export timeout: the bounded queue drops what does not fit and
+//! requests never wait. On exit both are flushed within a bound shorter than
+//! the unit's `TimeoutStopSec=`.
+//!
+//! This file starts and stops the providers; recording durations is
+//! [`crate::durations`]'s, trace ids and `traceparent` [`crate::trace_id`]'s.
 
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{BoundHistogram, Histogram, ObservableGauge};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::metrics::ObservableGauge;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_semantic_conventions::resource::{
     HOST_NAME, SERVICE_INSTANCE_ID, SERVICE_VERSION,
@@ -46,82 +49,18 @@ pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
 
-/// The semantic conventions' buckets for HTTP durations, in seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-
-/// An HTTP duration histogram as the semantic conventions define it
-/// (seconds, [`DURATION_BUCKETS`]), recorded through the SDK's bound
-/// instruments: each attribute set is bound once, under a small key `K` the
-/// caller derives it from (route, status, error kind), and a record is then
-/// a scan of the few keys seen so far, where an unbound record hashes every
-/// attribute of every call. Takes the global meter provider: make it after
-/// telemetry has started, or it stays a no-op.
-#[derive(Debug)]
-pub struct Durations<K> {
-    /// The instrument.
-    histogram: Histogram<f64>,
-    /// The attribute sets bound so far, by key.
-    bound: RwLock<Vec<(K, BoundHistogram<f64>)>>,
-}
-
-/// Most attribute sets bound per histogram. The keys are a small product
-/// (routes, statuses, error kinds), so this is never reached in practice;
-/// past it, records are unbound, as before.
-const MAX_BOUND: usize = 256;
-
-impl<K: Copy + PartialEq> Durations<K> {
-    /// The histogram `name` of meter `meter`.
-    pub fn new(meter: &'static str, name: &'static str, description: &'static str) -> Self {
-        let histogram = global::meter(meter)
-            .f64_histogram(name)
-            .with_unit("s")
-            .with_description(description)
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build();
-        Self {
-            histogram,
-            bound: RwLock::default(),
-        }
-    }
-
-    /// Records `seconds` under the attribute set that `key` stands for;
-    /// `attributes` makes that set, the first time `key` is seen only.
-    pub fn record(&self, seconds: f64, key: K, attributes: impl FnOnce() -> Vec<KeyValue>) {
-        let bound = self.bound.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, histogram)) = bound.iter().find(|(k, _)| *k == key) {
-            return histogram.record(seconds);
-        }
-        let full = bound.len() >= MAX_BOUND;
-        drop(bound);
-        let attributes = attributes();
-        if full {
-            return self.histogram.record(seconds, &attributes);
-        }
-        let mut bound = self.bound.write().unwrap_or_else(PoisonError::into_inner);
-        // Another request may have bound it meanwhile.
-        let histogram = match bound.iter().find(|(k, _)| *k == key) {
-            Some((_, histogram)) => histogram.clone(),
-            None => {
-                let histogram = self.histogram.bind(&attributes);
-                bound.push((key, histogram.clone()));
-                histogram
-            }
-        };
-        drop(bound);
-        histogram.record(seconds);
-    }
-}
-
 /// Which signals are on, from `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`,
 /// `OTEL_METRICS_EXPORTER` and the protocol variables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetrySettings {
     /// Export spans.
     pub traces: bool,
     /// Export metrics.
     pub metrics: bool,
+    /// Where spans go, as opentelemetry-otlp resolves it (see [`endpoint`]).
+    pub traces_to: String,
+    /// Where metrics go.
+    pub metrics_to: String,
 }
 
 impl TelemetrySettings {
@@ -160,22 +99,29 @@ impl TelemetrySettings {
                 }
             }
         }
-        Ok(Self { traces, metrics })
+        Ok(Self {
+            traces,
+            metrics,
+            traces_to: endpoint(&var, "TRACES"),
+            metrics_to: endpoint(&var, "METRICS"),
+        })
     }
 
-    /// One line for `systemctl status` and `--check-config`.
+    /// One line for `systemctl status` and `--check-config`: what is
+    /// exported, and where each signal really goes.
     pub fn summary(&self) -> String {
-        let what = match (self.traces, self.metrics) {
-            (false, false) => return "telemetry off".to_owned(),
-            (true, true) => "traces and metrics",
-            (true, false) => "traces",
-            (false, true) => "metrics",
-        };
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        format!("OTLP {what} to {endpoint}")
+        match (self.traces, self.metrics) {
+            (false, false) => "telemetry off".to_owned(),
+            (true, true) if self.traces_to == self.metrics_to => {
+                format!("OTLP traces and metrics to {}", self.traces_to)
+            }
+            (true, true) => format!(
+                "OTLP traces to {}, metrics to {}",
+                self.traces_to, self.metrics_to
+            ),
+            (true, false) => format!("OTLP traces to {}", self.traces_to),
+            (false, true) => format!("OTLP metrics to {}", self.metrics_to),
+        }
     }
 }
 
@@ -187,22 +133,27 @@ pub struct Telemetry {
     /// `process.uptime`, exported at every interval even when no request
     /// comes: the heartbeat a "no data from this daemon" alert watches.
     _uptime: Option<ObservableGauge<f64>>,
+    /// Where each signal goes, to check before the last flush.
+    traces_to: String,
+    metrics_to: String,
 }
 
 impl Telemetry {
     /// Starts the exporters `settings` asks for, installs the global meter
-    /// provider, propagator and [`tracer`], and returns the layer that turns
+    /// provider and [`tracer`], and returns the layer that turns
     /// `tracing` spans (the lifecycle's) into OpenTelemetry spans. Call before creating any instrument:
     /// a meter taken earlier stays a no-op.
     pub fn start(
-        settings: TelemetrySettings,
+        settings: &TelemetrySettings,
         service: &str,
         version: &str,
     ) -> Result<(Self, Option<BoxedLayer>), String> {
-        // W3C trace context only: nothing here reads or sets baggage.
-        global::set_text_map_propagator(TraceContextPropagator::new());
         let resource = resource(service, version);
-        let mut telemetry = Self::default();
+        let mut telemetry = Self {
+            traces_to: settings.traces_to.clone(),
+            metrics_to: settings.metrics_to.clone(),
+            ..Self::default()
+        };
         let mut layer = None;
         if settings.traces {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -278,11 +229,11 @@ impl Telemetry {
     /// socket activation, the connections queued for the next process).
     pub async fn shutdown(self, bound: Duration) {
         let tracer = match self.tracer {
-            Some(t) if reachable("TRACES").await => Some(t),
+            Some(t) if reachable("traces", &self.traces_to).await => Some(t),
             _ => None,
         };
         let meter = match self.meter {
-            Some(m) if reachable("METRICS").await => Some(m),
+            Some(m) if reachable("metrics", &self.metrics_to).await => Some(m),
             _ => None,
         };
         if tracer.is_none() && meter.is_none() {
@@ -310,19 +261,19 @@ impl Telemetry {
 }
 
 /// Where a signal's exports go, as opentelemetry-otlp resolves it: the
-/// per-signal variable as given, else the base endpoint, else the default.
-fn endpoint(signal: &str) -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+/// per-signal variable as given, else the base endpoint (to which it adds
+/// `/v1/<signal>`), else the default.
+fn endpoint(var: impl Fn(&str) -> Option<String>, signal: &str) -> String {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+        .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
 }
 
-/// Whether something accepts connections at a signal's collector (within
-/// 250 ms). Says so in the log when not.
-async fn reachable(signal: &str) -> bool {
-    let endpoint = endpoint(signal);
-    let Some((host, port)) = url::Url::parse(&endpoint).ok().and_then(|u| {
+/// Whether something accepts connections at a signal's collector,
+/// `endpoint` (within 250 ms). Says so in the log when not.
+async fn reachable(signal: &str, endpoint: &str) -> bool {
+    let Some((host, port)) = url::Url::parse(endpoint).ok().and_then(|u| {
         Some((
             u.host_str()?.trim_matches(['[', ']']).to_owned(),
             u.port_or_known_default()?,
@@ -335,8 +286,7 @@ async fn reachable(signal: &str) -> bool {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             tracing::warn!(
-                "OTLP collector at {endpoint} unreachable ({e}): {} not flushed on exit",
-                signal.to_lowercase()
+                "OTLP collector at {endpoint} unreachable ({e}): {signal} not flushed on exit"
             );
             false
         }
@@ -363,43 +313,21 @@ fn resource(service: &str, version: &str) -> Resource {
     builder.build()
 }
 
-/// A fresh id per process: tells two runs of the same daemon apart.
+/// A fresh id per process (a random UUID): tells two runs of the same
+/// daemon apart.
 fn instance_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_nanos()))
+    uuid::Uuid::new_v4().to_string()
 }
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
+/// The host's name, from the system call: the units' `ProcSubset=pid`
+/// hides `/proc/sys/kernel/hostname`, and a name read from there would be
+/// missing on every installed daemon.
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// The trace id of the current request's span as 32 hex digits, if it is
-/// traced.
-pub fn current_trace_id() -> Option<String> {
-    Context::map_current(|cx| {
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| sc.trace_id().to_string())
-    })
-}
-
-/// Lower-case hex of `bytes`, two digits a byte, into `out` (trace and span
-/// ids, written without `core::fmt`).
-pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 #[cfg(test)]
@@ -416,52 +344,79 @@ mod tests {
         TelemetrySettings::from_lookup(|k| vars.get(k).cloned())
     }
 
-    #[test]
-    fn hex_digits() {
-        let mut out = *b"----";
-        hex_into(&mut out, &[0x0f, 0xa1]);
-        assert_eq!(&out, b"0fa1");
+    /// Which signals are on.
+    fn on(vars: &[(&str, &str)]) -> (bool, bool) {
+        let s = settings(vars).unwrap();
+        (s.traces, s.metrics)
     }
 
     #[test]
     fn both_signals_on_by_default() {
+        assert_eq!(on(&[]), (true, true));
         assert_eq!(
-            settings(&[]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: true
-            })
+            settings(&[]).unwrap().summary(),
+            "OTLP traces and metrics to http://localhost:4318"
         );
     }
 
     #[test]
     fn each_signal_can_be_turned_off() {
-        let off = TelemetrySettings {
-            traces: false,
-            metrics: false,
-        };
-        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "true")]), Ok(off));
-        assert_eq!(settings(&[("OTEL_SDK_DISABLED", "TRUE")]), Ok(off));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "true")]), (false, false));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "TRUE")]), (false, false));
+        assert_eq!(on(&[("OTEL_TRACES_EXPORTER", "none")]), (false, true));
+        assert_eq!(on(&[("OTEL_METRICS_EXPORTER", "none")]), (true, false));
+        assert_eq!(on(&[("OTEL_SDK_DISABLED", "false")]), (true, true));
+        let summary = |vars: &[(&str, &str)]| settings(vars).unwrap().summary();
+        assert_eq!(summary(&[("OTEL_SDK_DISABLED", "true")]), "telemetry off");
         assert_eq!(
-            settings(&[("OTEL_TRACES_EXPORTER", "none")]),
-            Ok(TelemetrySettings {
-                traces: false,
-                metrics: true
-            })
+            summary(&[("OTEL_TRACES_EXPORTER", "none")]),
+            "OTLP metrics to http://localhost:4318"
         );
         assert_eq!(
-            settings(&[("OTEL_METRICS_EXPORTER", "none")]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: false
-            })
+            summary(&[("OTEL_METRICS_EXPORTER", "none")]),
+            "OTLP traces to http://localhost:4318"
         );
+    }
+
+    #[test]
+    fn each_signal_goes_to_its_own_endpoint_or_the_base() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:4318/v1/traces",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.traces_to, "http://t:4318/v1/traces");
+        assert_eq!(s.metrics_to, "http://base:4318");
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:4318/v1/metrics",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.traces_to, DEFAULT_ENDPOINT, "a blank variable is unset");
         assert_eq!(
-            settings(&[("OTEL_SDK_DISABLED", "false")]),
-            Ok(TelemetrySettings {
-                traces: true,
-                metrics: true
-            })
+            s.summary(),
+            "OTLP traces to http://localhost:4318, metrics to http://m:4318/v1/metrics"
+        );
+    }
+
+    #[test]
+    fn the_host_is_named_and_each_process_is_an_instance() {
+        let uname = std::process::Command::new("uname")
+            .arg("-n")
+            .output()
+            .unwrap();
+        assert_eq!(host_name(), String::from_utf8_lossy(&uname.stdout).trim());
+        let (a, b) = (instance_id(), instance_id());
+        assert_ne!(a, b);
+        assert_eq!(
+            uuid::Uuid::parse_str(&a).map(|u| u.get_version_num()),
+            Ok(4)
         );
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::cli::show_duration;
 use crate::notify;
@@ -93,10 +94,11 @@ impl Watchdog {
         )
     }
 
-    /// Checks and pings from a task on the serving runtime until the
-    /// process ends. `serving` is the address the daemon listens on;
-    /// `status` its usual `STATUS=` line, restored when a check passes again.
-    pub fn spawn(self, serving: SocketAddr, status: Arc<Mutex<String>>) {
+    /// Checks and pings from a task on the serving runtime until the task
+    /// is stopped (at the drain). `serving` is the address the daemon
+    /// listens on; `status` its usual `STATUS=` line, restored when a check
+    /// passes again.
+    pub fn spawn(self, serving: SocketAddr, status: Arc<Mutex<String>>) -> JoinHandle<()> {
         let target = reachable(serving);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.period);
@@ -123,7 +125,7 @@ impl Watchdog {
                 tracing::error!("{line}");
                 notify::status(&line);
             }
-        });
+        })
     }
 }
 

@@ -37,6 +37,14 @@ pub use prom::{
 /// service-a's binary, so a binary older than the sources it is built from
 /// is refused, by the rule cargo itself uses (modification times), rather
 /// than tested in place of the code at hand.
+///
+/// Why not escargot, which would build the binary from the test: it runs
+/// `cargo build` of that one package, and cargo resolves its features apart
+/// from the workspace's test build (here libc, futures-util and reqwest get
+/// fewer), so most of the dependency tree is built a second time, the two
+/// builds take turns replacing `target/debug/service-a`, and the first
+/// build happens inside a test with a timeout. A clear refusal of a stale
+/// binary costs none of that.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
@@ -123,6 +131,10 @@ macro_rules! daemon_contract_tests {
             program::sigterm_and_sigint_stop_cleanly_with_status_0,
             program::the_shipped_settings_files_show_every_setting_with_its_default,
             program::every_answer_carries_the_common_headers,
+            program::a_sighup_while_starting_is_not_fatal,
+            program::an_idle_connection_lasts_the_idle_timeout_and_no_shorter,
+            program::a_stalled_log_reader_stalls_no_answer_and_drops_are_counted,
+            program::a_stop_answers_every_connection_it_accepted,
             systemd::ready_comes_with_a_status_a_person_can_read_and_only_once_serving,
             systemd::stopping_is_announced_when_the_drain_starts,
             systemd::ready_arrives_on_a_notify_socket_of_either_form,
@@ -131,6 +143,7 @@ macro_rules! daemon_contract_tests {
             systemd::watchdog_values_systemd_never_sends_neither_panic_nor_spin,
             systemd::no_watchdog_pings_unless_asked,
             systemd::a_socket_from_systemd_is_served_instead_of_binding,
+            systemd::the_status_names_each_signals_collector,
         );
     };
     (@each $daemon:expr; $($module:ident :: $test:ident),* $(,)?) => {
@@ -178,12 +191,27 @@ pub async fn serve_in_process(service: salvo::Service) -> std::net::SocketAddr {
     addr
 }
 
-/// An address on which nothing listens (bound, then released).
+/// A free address for a program that must bind it itself (a port chosen by
+/// binding `:0`, then released). Another process may take the port in
+/// between: use it only where no listener can be handed over (a program
+/// that takes no socket), and [`refused_addr`] where nothing must listen.
 pub fn unused_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// An address where every connection is refused, for as long as the test
+/// binary runs: a socket bound to it but not listening holds the port, so
+/// no other process can take it (as could happen to a port merely freed).
+pub fn refused_addr() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held for the process's life: the port stays bound and refusing.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A server that accepts connections and never answers, for the whole test
@@ -206,9 +234,7 @@ pub fn black_hole() -> std::net::SocketAddr {
 /// Lifts this process's soft limit on open files to the hard limit, for
 /// tests that open thousands of connections (the daemons it starts inherit it).
 pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`...).

@@ -148,6 +148,12 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver on `127.0.0.1:0` for the rest of the test.
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener)
+    }
+
+    /// Starts a receiver on `listener`, for the rest of the process.
+    pub fn start_on(listener: tokio::net::TcpListener) -> Self {
         let received = Arc::new(Mutex::new(Received::default()));
         let router = Router::new()
             .push(Router::with_path("v1/traces").post(Sink {
@@ -158,7 +164,9 @@ impl OtlpReceiver {
                 received: received.clone(),
                 traces: false,
             }));
-        let addr = crate::serve_in_process(Service::new(router)).await;
+        let addr = listener.local_addr().unwrap();
+        let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
+        tokio::spawn(salvo::Server::new(acceptor).try_serve(Service::new(router)));
         Self { addr, received }
     }
 

@@ -27,6 +27,7 @@ pub struct ProcBuilder {
     listen: bool,
     notify: NotifyForm,
     journal_stderr: bool,
+    stderr_paused: bool,
 }
 
 /// Where the harness's notify socket lives, in the two forms sd_notify(3)
@@ -66,7 +67,7 @@ impl ProcBuilder {
     pub fn at(bin: impl Into<PathBuf>) -> Self {
         let collector = match std::env::var("TESTKIT_OTLP").as_deref() {
             Ok("blackhole") => crate::black_hole(),
-            _ => crate::unused_addr(),
+            _ => crate::refused_addr(),
         };
         Self {
             bin: bin.into(),
@@ -81,6 +82,7 @@ impl ProcBuilder {
             listen: true,
             notify: NotifyForm::Path,
             journal_stderr: false,
+            stderr_paused: false,
         }
     }
 
@@ -89,6 +91,13 @@ impl ProcBuilder {
     /// machine the daemon still writes text there, by the journal's policy.
     pub fn stderr_as_journal(mut self) -> Self {
         self.journal_stderr = true;
+        self
+    }
+
+    /// Connects stderr to a pipe that nobody reads until
+    /// [`Proc::resume_logs`]: a log reader that stalls (`| less`, paused).
+    pub fn stderr_paused(mut self) -> Self {
+        self.stderr_paused = true;
         self
     }
 
@@ -191,7 +200,13 @@ impl ProcBuilder {
         let mut cmd = self.command();
         cmd.env("NOTIFY_SOCKET", name);
         let output = Arc::new(Mutex::new(String::new()));
-        let child = if self.journal_stderr {
+        let mut paused = None;
+        let child = if self.stderr_paused {
+            let (reader, writer) = std::io::pipe().unwrap();
+            cmd.stderr(writer);
+            paused = Some(std::os::fd::OwnedFd::from(reader));
+            cmd.spawn().unwrap()
+        } else if self.journal_stderr {
             let (reader, writer) = std::io::pipe().unwrap();
             let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
             let meta = writer.metadata().unwrap();
@@ -222,6 +237,7 @@ impl ProcBuilder {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             output,
             notes,
+            paused,
             _dir: dir,
         }
     }
@@ -282,6 +298,8 @@ pub struct Proc {
     output: Arc<Mutex<String>>,
     /// Each datagram on the notify socket, with when it arrived.
     notes: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// The read end of a stderr nobody reads yet ([`ProcBuilder::stderr_paused`]).
+    paused: Option<std::os::fd::OwnedFd>,
     /// Holds the notify socket's directory for the process's lifetime.
     _dir: tempfile::TempDir,
 }
@@ -295,6 +313,16 @@ impl Proc {
     /// Everything it wrote on stderr and stdout so far.
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Starts reading a paused stderr: what it wrote shows in [`Proc::logs`].
+    pub fn resume_logs(&mut self) {
+        if let Some(reader) = self.paused.take() {
+            collect(
+                Receiver::from_owned_fd(reader).unwrap(),
+                self.output.clone(),
+            );
+        }
     }
 
     /// Every datagram it sent to the notify socket so far.
@@ -363,6 +391,16 @@ impl Proc {
         )
         .await;
         self.addr = addr;
+    }
+
+    /// Whether it has sent `READY=1`.
+    pub fn is_ready(&self) -> bool {
+        self.ready_addr().is_some()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     fn ready_addr(&self) -> Option<SocketAddr> {

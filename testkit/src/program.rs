@@ -324,3 +324,264 @@ pub async fn every_answer_carries_the_common_headers(d: &Daemon) {
         );
     }
 }
+
+/// One request on `conn` (kept alive), its answer read to the end: the status.
+async fn exchange(conn: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if body.len() >= length {
+                    return head.split(' ').nth(1).unwrap().parse().unwrap();
+                }
+            }
+        }
+    };
+    tokio::time::timeout(EXIT_WITHIN, read).await.unwrap()
+}
+
+/// Waits for the server to close `conn`; how long that took.
+async fn closed_after(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = async {
+        if let Ok(n @ 1..) = conn.read(&mut buf).await {
+            panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(within, closed)
+        .await
+        .unwrap_or_else(|_| panic!("the connection was still open after {within:?}"));
+    start.elapsed()
+}
+
+/// An idle keep-alive connection stays open for `--idle-timeout` (however
+/// short `--header-timeout` is) and is closed once it has passed; a request
+/// begun on it and left unfinished is cut at the header timeout.
+pub async fn an_idle_connection_lasts_the_idle_timeout_and_no_shorter(d: &Daemon) {
+    let proc = d
+        .proc()
+        .args(["--header-timeout", "1s", "--idle-timeout", "3s"])
+        .spawn()
+        .await;
+    let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+    assert_eq!(exchange(&mut conn).await, 200);
+    // Idle for twice the header timeout: still open, and it serves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(exchange(&mut conn).await, 200, "{}", d.name);
+    let idle = closed_after(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        (Duration::from_millis(2950)..Duration::from_secs(5)).contains(&idle),
+        "{}: an idle connection was closed after {idle:?}; --idle-timeout is 3s",
+        d.name
+    );
+
+    // The next request's head, begun and never finished: the header
+    // timeout applies from its first byte, not the idle timeout.
+    let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+    assert_eq!(exchange(&mut conn).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"GET /health HTTP/1.1\r\nHo").await.unwrap();
+    let cut = closed_after(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        (Duration::from_millis(950)..Duration::from_millis(2900)).contains(&cut),
+        "{}: an unfinished head was cut after {cut:?}; --header-timeout is 1s",
+        d.name
+    );
+}
+
+/// A SIGHUP that comes while the daemon starts (`systemctl reload` just
+/// after `start`, or a script's `kill -HUP`) is handled, never fatal.
+/// Nothing can catch a signal before the program's own code runs, so the
+/// promise is that the handler comes first: before the daemon starts its
+/// first thread, i.e. before anything that takes time (seen through strace,
+/// which shows the order of system calls exactly). Then a daemon sent
+/// SIGHUP every millisecond from then until `READY=1` becomes ready and
+/// serves.
+pub async fn a_sighup_while_starting_is_not_fatal(d: &Daemon) {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("strace");
+    let trace_arg = trace.to_str().unwrap();
+    let mut traced = d
+        .proc()
+        .via(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=rt_sigaction,clone,clone3",
+            "-o",
+            trace_arg,
+        ])
+        .spawn()
+        .await;
+    // The daemon is strace's child: SIGTERM goes to it, and strace ends with it.
+    let strace = traced.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
+    let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    kill(Pid::from_raw(daemon), Sig::SIGTERM).unwrap();
+    traced.wait_exit(EXIT_WITHIN).await;
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let handled = calls
+        .lines()
+        .position(|l| l.contains("rt_sigaction(SIGHUP, {sa_handler=0x"));
+    let first_thread = calls.lines().position(|l| l.contains("clone"));
+    assert!(
+        matches!((handled, first_thread), (Some(h), Some(t)) if h < t),
+        "{}: SIGHUP must be handled before the first thread starts:\n{calls}",
+        d.name
+    );
+
+    for start in 0..4 {
+        let mut proc = d.proc().spawn_unready();
+        let pid = Pid::from_raw(proc.pid() as i32);
+        crate::eventually("SIGHUP to be handled", EXIT_WITHIN, || {
+            let handled = catches(pid.as_raw(), Sig::SIGHUP);
+            async move { handled.then_some(()) }
+        })
+        .await;
+        let mut sent = 0;
+        while !proc.is_ready() {
+            if let Some(status) = proc.exited() {
+                panic!(
+                    "{} (start {start}) ended ({status}) after {sent} SIGHUP while starting:\n{}",
+                    d.name,
+                    proc.logs()
+                );
+            }
+            let _ = kill(pid, Sig::SIGHUP);
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proc.wait_ready().await;
+        let health = crate::Client::new().get(&proc.url("/health")).await;
+        assert_eq!(health.status, 200, "{} after {sent} SIGHUP", d.name);
+    }
+}
+
+/// Whether process `pid` has a handler for `signal` (`SigCgt` in its status).
+fn catches(pid: i32, signal: Sig) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}
+
+/// A log reader that stalls (stderr piped into a paused `less`, a stuck
+/// collector) never stalls the answers: past a bounded buffer, lines are
+/// dropped and counted, and the count is logged once the reader is back.
+/// 6000 access lines are far more than the pipe (64 KiB) and the buffer
+/// (4096 lines) hold.
+pub async fn a_stalled_log_reader_stalls_no_answer_and_drops_are_counted(d: &Daemon) {
+    let mut proc = d.proc().stderr_paused().spawn().await;
+    let client = crate::Client::new();
+    let url = proc.url("/health");
+    let answered = async {
+        for _ in 0..6000 {
+            assert_eq!(client.get(&url).await.status, 200);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), answered)
+        .await
+        .unwrap_or_else(|_| panic!("{}: answers stalled behind a stalled log reader", d.name));
+    proc.resume_logs();
+    let dropped = crate::eventually("the count of dropped log lines", EXIT_WITHIN, || {
+        let logs = proc.logs();
+        let count = logs.lines().rev().find_map(|l| {
+            let (_, after) = l.split_once("dropped_lines=")?;
+            after.split_whitespace().next()?.parse::<u64>().ok()
+        });
+        async move { count }
+    })
+    .await;
+    assert!(
+        (1..6000).contains(&dropped),
+        "{}: {dropped} lines dropped",
+        d.name
+    );
+    // The lines that were kept are whole, and the daemon logs on as usual.
+    assert_eq!(client.get(&url).await.status, 200);
+    proc.wait_for_log("GET /health 200", EXIT_WITHIN).await;
+}
+
+/// SIGTERM while clients keep connecting: every connection the daemon
+/// accepted gets its request answered. One it never accepted is refused
+/// or reset when the daemon exits (the client may try elsewhere); one
+/// accepted and then closed without an answer (an end of file, no status
+/// line) would be a request lost, which hyper's graceful shutdown does to
+/// a connection it has not read from yet.
+pub async fn a_stop_answers_every_connection_it_accepted(d: &Daemon) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut lost = Vec::new();
+    let mut answered = 0;
+    for round in 0..6 {
+        let mut proc = d.proc().spawn().await;
+        let addr = proc.addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut lost) = (0, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+                            break;
+                        };
+                        if conn
+                            .write_all(
+                                b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                            )
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        let mut answer = Vec::new();
+                        match conn.read_to_end(&mut answer).await {
+                            Ok(_) if answer.starts_with(b"HTTP/1.1 200") => ok += 1,
+                            Ok(_) => lost.push(String::from_utf8_lossy(&answer).into_owned()),
+                            Err(_) => break, // reset: never accepted
+                        }
+                    }
+                    (ok, lost)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proc.signal(Sig::SIGTERM);
+        proc.wait_exit(EXIT_WITHIN).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in clients {
+            let (ok, mut l) = client.await.unwrap();
+            answered += ok;
+            lost.extend(l.drain(..).map(|a| format!("round {round}: {a:?}")));
+        }
+    }
+    assert!(answered > 100, "{}: only {answered} answered", d.name);
+    assert!(
+        lost.is_empty(),
+        "{}: {} connections closed unanswered ({answered} answered): {lost:?}",
+        d.name,
+        lost.len()
+    );
+}

@@ -242,3 +242,82 @@ pub async fn a_socket_from_systemd_is_served_instead_of_binding(d: &Daemon) {
         Some(0)
     );
 }
+
+/// SIGTERM with a request in flight: the drain runs, the listening socket is
+/// closed on purpose, and the watchdog's self-check would fail. It stops
+/// when the drain starts (systemd, told `STOPPING=1`, stops watching too),
+/// so a clean stop logs no watchdog ERROR and `STATUS=` keeps saying
+/// "draining". `builder` starts a daemon on which `GET hung` never answers.
+pub async fn the_watchdog_keeps_quiet_through_a_drain(builder: ProcBuilder, hung: &str) {
+    let mut proc = builder
+        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+        .args(["--shutdown-timeout", "3s"])
+        .spawn()
+        .await;
+    wait_pings(&proc, "a first ping", 1).await;
+    let fds = crate::open_fds(proc.pid());
+    let url = proc.url(hung);
+    let in_flight = tokio::spawn(async move { Client::new().try_get(&url).await });
+    let pid = proc.pid();
+    eventually(
+        "the hung request's connection",
+        Duration::from_secs(10),
+        || {
+            let now = crate::open_fds(pid);
+            async move { (now > fds).then_some(()) }
+        },
+    )
+    .await;
+    proc.signal(Sig::SIGTERM);
+    proc.wait_exit(Duration::from_secs(10)).await;
+    let _ = in_flight.await;
+    let logs = proc.logs();
+    assert!(!logs.contains("watchdog: GET /health"), "{logs}");
+    let notes = proc.notifications();
+    let stopping = notes
+        .iter()
+        .position(|n| n.lines().any(|l| l == "STOPPING=1"))
+        .unwrap_or_else(|| panic!("no STOPPING=1 in {notes:?}"));
+    let after: Vec<&String> = notes[stopping..]
+        .iter()
+        .filter(|n| n.contains("STATUS="))
+        .collect();
+    assert!(
+        after.iter().all(|n| !n.contains("STATUS=watchdog")),
+        "the drain's status was replaced: {after:?}"
+    );
+}
+
+/// `STATUS=` (what `systemctl status` shows) names where each signal is
+/// exported, the per-signal endpoints included: a user checking why no
+/// trace arrives reads the address the daemon really sends to.
+pub async fn the_status_names_each_signals_collector(d: &Daemon) {
+    let traces = "http://127.0.0.1:9/v1/traces";
+    let metrics = "http://127.0.0.1:7/v1/metrics";
+    let proc = d
+        .proc()
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces)
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics)
+        .spawn()
+        .await;
+    let status = last_status(&proc).unwrap();
+    assert!(
+        status.contains(&format!("OTLP traces to {traces}, metrics to {metrics}")),
+        "{}: {status}",
+        d.name
+    );
+    // One per-signal variable: the other signal goes to the base endpoint.
+    let base = proc.url("").replace("http://", "http://base-");
+    let proc = d
+        .proc()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str())
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics)
+        .spawn()
+        .await;
+    let status = last_status(&proc).unwrap();
+    assert!(
+        status.contains(&format!("OTLP traces to {base}, metrics to {metrics}")),
+        "{}: {status}",
+        d.name
+    );
+}

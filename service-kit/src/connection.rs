@@ -1,0 +1,391 @@
+//! The two clocks of a client connection: `--header-timeout` and
+//! `--idle-timeout`.
+//!
+//! hyper has one clock, its header read timeout, and starts it whenever it
+//! waits for a request head, which on a kept-alive connection is the whole
+//! time the connection sits idle between requests: with it alone an idle
+//! connection is closed at the header timeout, and the idle timeout means
+//! nothing. So hyper's clock is off and each accepted connection is wrapped
+//! in a [`Clocked`] stream that keeps both, the way nginx does
+//! (`client_header_timeout`, `keepalive_timeout`):
+//!
+//! - the header timeout runs from a request's first byte (from the accept,
+//!   for a connection's first request) until its head is complete (a blank
+//!   line); past it the connection is closed, as a slowloris deserves;
+//! - the idle timeout runs from the last byte of an answer until the next
+//!   request's first byte; past it the connection is closed quietly (an
+//!   end of file for hyper, so no error is logged);
+//! - while a request is handled, neither runs: a slow answer (service-a's
+//!   `delay` fault, service-b waiting for its deadline) is the daemon's own.
+//!
+//! The stream only watches bytes go by; it never parses beyond spotting
+//! the blank line that ends a head. A request body (none of the routes take
+//! one) is read as part of the request being handled.
+//!
+//! The acceptor also keeps the [`Intake`], for the drain: on SIGTERM it
+//! stops accepting, then waits until every connection it accepted has been
+//! read from. hyper's graceful shutdown closes a connection from which
+//! nothing was read yet, so a request whose bytes were on their way when
+//! the daemon accepted it would be lost (a client sees "connection closed
+//! before message completed" during a socket-activated restart); read, it
+//! is served like any request in flight.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use salvo::conn::tcp::TcpCoupler;
+use salvo::conn::{Accepted, Acceptor, Holding};
+use salvo::fuse::ArcFusePolicy;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// The two timeouts, from the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clocks {
+    /// From a request's first byte to the end of its head.
+    pub header: Duration,
+    /// From the end of an answer to the next request's first byte.
+    pub idle: Duration,
+}
+
+/// Whether the acceptor still takes connections, and how many of those it
+/// took have not been read from yet: what the drain waits for.
+#[derive(Debug, Default)]
+pub struct Intake {
+    stopped: AtomicBool,
+    unread: AtomicUsize,
+    changed: Notify,
+}
+
+impl Intake {
+    /// Stops taking connections (they wait in the kernel's queue: for the
+    /// next process, under socket activation).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every accepted connection has been read from (or
+    /// closed), for at most `within`: a client that connected and sends
+    /// nothing is not waited for longer.
+    pub async fn settled(&self, within: Duration) {
+        let settled = async {
+            loop {
+                let changed = self.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if self.unread.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, settled).await;
+    }
+
+    async fn wait_stopped(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn read(&self) {
+        self.unread.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Where a connection is in its request/answer cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head: the header clock runs.
+    Head,
+    /// A request is being handled (its body read, its answer made).
+    Handling,
+    /// Answered; waiting for the next request: the idle clock runs.
+    Idle,
+}
+
+/// A connection's stream, with its two clocks.
+#[derive(Debug)]
+pub struct Clocked<S> {
+    inner: S,
+    clocks: Clocks,
+    phase: Phase,
+    /// The deadline of the clock that runs (unused while handling).
+    timer: Pin<Box<Sleep>>,
+    /// The last two bytes of the head so far, to spot the blank line that
+    /// ends it across reads (`\r\n\r\n`, or `\n\n`, which hyper accepts).
+    last: [u8; 2],
+    /// Counted in the intake's unread connections until first read from.
+    unread: Option<Arc<Intake>>,
+}
+
+impl<S> Drop for Clocked<S> {
+    fn drop(&mut self) {
+        if let Some(intake) = self.unread.take() {
+            intake.read();
+        }
+    }
+}
+
+impl<S> Clocked<S> {
+    /// A new connection: its first request's head is due within the header
+    /// timeout.
+    pub fn new(inner: S, clocks: Clocks) -> Self {
+        Self {
+            inner,
+            clocks,
+            phase: Phase::Head,
+            timer: Box::pin(tokio::time::sleep(clocks.header)),
+            last: [0; 2],
+            unread: None,
+        }
+    }
+
+    /// Counts this connection among `intake`'s unread ones until its first
+    /// bytes are read.
+    fn unread_in(mut self, intake: Arc<Intake>) -> Self {
+        intake.unread.fetch_add(1, Ordering::SeqCst);
+        self.unread = Some(intake);
+        self
+    }
+
+    fn start(&mut self, phase: Phase, within: Duration) {
+        self.phase = phase;
+        self.timer.as_mut().reset(Instant::now() + within);
+    }
+
+    /// Bytes of a request arrived: a head begins, or goes on, or ends.
+    fn read(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Idle {
+            self.start(Phase::Head, self.clocks.header);
+            self.last = [0; 2];
+        }
+        if self.phase != Phase::Head {
+            return;
+        }
+        for &b in bytes {
+            if b == b'\n' && (self.last[1] == b'\n' || self.last == *b"\n\r") {
+                // Whatever follows belongs to the request being handled
+                // (a body), or is the next request, pipelined: read either
+                // way, under no clock until this one is answered.
+                self.phase = Phase::Handling;
+                return;
+            }
+            self.last = [self.last[1], b];
+        }
+    }
+
+    /// Bytes of an answer went out: the idle clock starts (again, after
+    /// each piece of the answer). It is polled here, so the connection's
+    /// task wakes when it runs out: hyper may not read again until then
+    /// (it read, found nothing, and wrote the answer after).
+    fn wrote(&mut self, cx: &mut Context<'_>) {
+        self.start(Phase::Idle, self.clocks.idle);
+        let _ = self.timer.as_mut().poll(cx);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let bytes = &buf.filled()[before..];
+                if bytes.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                // A head dribbled in past its deadline is still too late.
+                if this.phase == Phase::Head && this.timer.is_elapsed() {
+                    return Poll::Ready(Err(header_timeout()));
+                }
+                // hyper holds these bytes once this returns: a drain no
+                // longer closes the connection unread.
+                if let Some(intake) = this.unread.take() {
+                    intake.read();
+                }
+                this.read(bytes);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.phase {
+                Phase::Handling => Poll::Pending,
+                Phase::Head => match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(header_timeout())),
+                    Poll::Pending => Poll::Pending,
+                },
+                // The end of the connection, as if the client had closed it:
+                // hyper closes an idle connection quietly.
+                Phase::Idle => this.timer.as_mut().poll(cx).map(Ok),
+            },
+            ready => ready,
+        }
+    }
+}
+
+fn header_timeout() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request head not complete in time")
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Clocked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(1..)) = written {
+            this.wrote(cx);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(1..)) = written {
+            this.wrote(cx);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// An acceptor whose connections keep the two clocks, and that stops and
+/// counts for the drain ([`Intake`]).
+#[derive(Debug)]
+pub struct ClockedAcceptor<A> {
+    inner: A,
+    clocks: Clocks,
+    intake: Arc<Intake>,
+}
+
+impl<A> ClockedAcceptor<A> {
+    /// Wraps `inner`'s connections.
+    pub fn new(inner: A, clocks: Clocks) -> Self {
+        Self {
+            inner,
+            clocks,
+            intake: Arc::default(),
+        }
+    }
+
+    /// What the drain stops and waits on.
+    pub fn intake(&self) -> Arc<Intake> {
+        self.intake.clone()
+    }
+}
+
+impl<A, S> Acceptor for ClockedAcceptor<A>
+where
+    A: Acceptor<Stream = S, Coupler = TcpCoupler<S>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Coupler = TcpCoupler<Clocked<S>>;
+    type Stream = Clocked<S>;
+
+    fn holdings(&self) -> &[Holding] {
+        self.inner.holdings()
+    }
+
+    async fn accept(
+        &mut self,
+        fuse_policy: Option<ArcFusePolicy>,
+    ) -> io::Result<Accepted<Self::Coupler, Self::Stream>> {
+        let intake = self.intake.clone();
+        let accepted = tokio::select! {
+            biased;
+            () = intake.wait_stopped() => std::future::pending().await,
+            accepted = self.inner.accept(fuse_policy) => accepted?,
+        };
+        let clocks = self.clocks;
+        Ok(accepted.map_into(
+            |_| TcpCoupler::new(),
+            |s| Clocked::new(s, clocks).unread_in(intake),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOCKS: Clocks = Clocks {
+        header: Duration::from_secs(1),
+        idle: Duration::from_secs(3),
+    };
+
+    #[tokio::test]
+    async fn a_head_ends_at_its_blank_line_even_split_across_reads() {
+        for pieces in [
+            &[&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]][..],
+            &[b"GET / HTTP/1.1\r\nHost: x\r", b"\n", b"\r", b"\n"],
+            &[b"GET / HTTP/1.1\nHost: x\n", b"\n"],
+        ] {
+            let mut c = Clocked::new((), CLOCKS);
+            let (last, first) = pieces.split_last().unwrap();
+            for piece in first {
+                c.read(piece);
+                assert_eq!(c.phase, Phase::Head, "{pieces:?}");
+            }
+            c.read(last);
+            assert_eq!(c.phase, Phase::Handling, "{pieces:?}");
+        }
+        let mut c = Clocked::new((), CLOCKS);
+        c.read(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(c.phase, Phase::Head, "one line break ends no head");
+    }
+
+    #[tokio::test]
+    async fn an_answer_starts_the_idle_clock_and_a_first_byte_the_header_clock() {
+        let mut c = Clocked::new((), CLOCKS);
+        c.read(b"GET / HTTP/1.1\r\n\r\n");
+        c.wrote(&mut Context::from_waker(std::task::Waker::noop()));
+        assert_eq!(c.phase, Phase::Idle);
+        let idle_until = c.timer.deadline();
+        assert!(idle_until >= Instant::now() + CLOCKS.idle - Duration::from_millis(100));
+        c.read(b"G");
+        assert_eq!(c.phase, Phase::Head);
+        assert!(
+            c.timer.deadline() < idle_until,
+            "the header clock is shorter"
+        );
+        // Bytes read while a request is handled (a body) start no clock.
+        c.read(b"ET / HTTP/1.1\r\n\r\nbody");
+        assert_eq!(c.phase, Phase::Handling);
+        c.read(b"more body\r\n\r\n");
+        assert_eq!(c.phase, Phase::Handling);
+    }
+}
