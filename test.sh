@@ -110,5 +110,10 @@ step "systemd end to end: install from a checkout as users do (deploy/tests/user
 $sudo deploy/tests/user-install.sh
 step "systemd end to end: the .deb through apt (deploy/tests/deb.sh)"
 $sudo deploy/tests/deb.sh --debs target/debian-test
+# Three service-a machines behind HAProxy on a service-b machine, each its
+# own systemd and network: failover drills under steady traffic, their
+# figures printed (about 2.5 min).
+step "failover drills: three service-a's behind HAProxy (deploy/tests/failover.sh)"
+$sudo env LAB_TOOLS="$LAB_TOOLS" deploy/tests/failover.sh --binaries target/debug
 
 step "all tests passed"

@@ -8,6 +8,9 @@
 #   sudo deploy/install.sh --socket-activation  with service-a.socket and service-b.socket
 #                                               (run without it to go back: one mode is enabled)
 #   sudo deploy/install.sh --no-start           install and enable, but start nothing
+#   sudo deploy/install.sh --balancer A,B,C     ... and service-b calls service-a through HAProxy
+#                                               balancing over the replicas A, B, C ([NAME=]HOST:PORT;
+#                                               needs Debian's haproxy; see two-service-lab-balancer --help)
 #   sudo deploy/install.sh --uninstall          stop, disable and remove units and binaries
 #   sudo deploy/install.sh --uninstall --purge  ... and /etc/default/service-{a,b} too
 #
@@ -20,12 +23,16 @@
 #   /etc/systemd/system/service-{a,b}.{service,socket}
 #   /etc/default/service-{a,b}                    settings: created once, then yours;
 #                                                 root:root 0640 (they may hold an API key)
+#   /usr/local/sbin/two-service-lab-balancer      puts HAProxy in front of several service-a's
+#   /usr/local/share/two-service-lab/haproxy/     ... with these files (docs/SEVERAL-HOSTS.md)
 set -Eeuo pipefail # -E: the ERR trap below reports failures in functions too
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 daemons=(service-a service-b)
 bin_dir=/usr/local/bin
+balancer_cmd=/usr/local/sbin/two-service-lab-balancer
+balancer_files=/usr/local/share/two-service-lab/haproxy
 unit_dir=/etc/systemd/system
 default_dir=/etc/default
 
@@ -34,6 +41,7 @@ socket_activation=no
 start=yes
 mode=install
 purge=no
+balancer=()
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -45,6 +53,9 @@ while [ $# -gt 0 ]; do
         --binaries) binaries=${2:?--binaries needs a directory}; shift ;;
         --socket-activation) socket_activation=yes ;;
         --no-start) start=no ;;
+        --balancer)
+            IFS=, read -r -a balancer <<<"${2:?--balancer needs the replicas: HOST:PORT,HOST:PORT,...}"
+            shift ;;
         --uninstall) mode=uninstall ;;
         --purge) purge=yes ;;
         -h|--help) sed -n '2,/^set -/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
@@ -53,6 +64,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+if [ "${#balancer[@]}" -gt 0 ] && { [ "$start" = no ] || [ "$mode" != install ]; }; then
+    die "--balancer starts HAProxy and service-b: not with --no-start or --uninstall"
+fi
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0 ...)"
 command -v systemctl >/dev/null || die "systemctl not found: this needs systemd"
 
@@ -62,6 +76,13 @@ units_of() { # the unit files of one daemon that this script manages
 
 uninstall() {
     local units=()
+    # The balancer first: its drop-in names service-b.service.
+    if [ -x "$balancer_cmd" ] && [ -f /etc/systemd/system/service-b.service.d/balancer.conf ]; then
+        "$balancer_cmd" --remove
+    fi
+    rm -f "$balancer_cmd"
+    rm -rf "$balancer_files"
+    rmdir --ignore-fail-on-non-empty "$(dirname "$balancer_files")" 2>/dev/null || true
     for d in "${daemons[@]}"; do
         for u in $(units_of "$d"); do units+=("$u"); done
     done
@@ -187,6 +208,12 @@ install_all() {
         secure_settings "$default_dir/$d"
         [ "$touched" = yes ] && changed+=("$d")
     done
+    # The balancer's command and files: installed always (small), used when asked.
+    place "$here/balancer.sh" "$balancer_cmd" 0755 || true
+    local f
+    for f in service-a-balancer.cfg haproxy.service.conf service-b.service.conf; do
+        place "$here/haproxy/$f" "$balancer_files/$f" 0644 || true
+    done
     systemctl daemon-reload
 
     # Check the settings now, with the installed binary and the environment
@@ -243,6 +270,9 @@ install_all() {
     systemctl start service-a.service service-b.service ||
         die "systemctl start service-a service-b failed; see: systemctl status service-a service-b; journalctl -u service-a -u service-b -n 20"
     say "running: $(systemctl is-active service-a.service) / $(systemctl is-active service-b.service)"
+    if [ "${#balancer[@]}" -gt 0 ]; then
+        "$balancer_cmd" "${balancer[@]}" || die "$balancer_cmd ${balancer[*]} failed (the lines above say why)"
+    fi
     say "try: curl 'http://127.0.0.1:8081/call-echo?msg=hello'"
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Debian package under a real systemd: in a copy of this machine's system
 # under an in-memory overlay (a network of its own), the .deb is installed,
-# reinstalled, upgraded, removed and purged with apt (checks 14-16), and
-# checked as a user of `systemctl` would. Needs root; cleans up after itself,
+# reinstalled, upgraded, asked for the balancer it ships (HAProxy in front of
+# service-a), removed and purged with apt (checks 14-17), and checked as a
+# user of `systemctl` would. Needs root; cleans up after itself,
 # pass or fail, and gives up after $TEST_SYSTEMD_TIMEOUT s (1200) whatever
 # hangs.
 #
@@ -16,7 +17,8 @@ dir_options "--debs DIR" debs -- "$@"
 [ -n "$debs" ] || { echo "usage: $0 --debs DIR (two-service-lab_*.deb files, as ./test.sh builds them)" >&2; exit 2; }
 ls "$debs"/two-service-lab_*.deb >/dev/null 2>&1 || { echo "deb.sh: no two-service-lab_*.deb in $debs" >&2; exit 1; }
 
-harness_start deb.sh
+harness_start deb.sh haproxy=haproxy
+unmask haproxy.service
 
 say "14. the .deb in a fresh container: apt install ./two-service-lab_*.deb"
 boot deb --host-overlay --private-network --bind-ro="$debs:/lab-deb"
@@ -55,7 +57,20 @@ expect "the edit is still there" ct grep -q '^SERVICE_B_UPSTREAM_TIMEOUT=2s$' /e
 expect "curl 200" test "$(ct_code "$B/call-echo?msg=upgraded")" = 200
 expect "settings: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
 
-say "16. apt remove stops them and keeps the settings; apt purge removes them"
+say "16. asked for, the balancer the .deb ships: two-service-lab-balancer HOST:PORT"
+# One replica, which nothing reaches here (this container's network is its
+# loopback): HAProxy answers for it, and service-b says why, at once.
+out=$(ct two-service-lab-balancer 192.0.2.99:8080 2>&1) && rc=0 || rc=$?
+printf '%s\n' "$out" | tail -n 3
+expect "two-service-lab-balancer exits 0 ($rc); haproxy $(show haproxy ActiveState), $(ct systemctl is-enabled haproxy)" \
+    test "$rc $(show haproxy ActiveState) $(ct systemctl is-enabled haproxy)" = "0 active enabled"
+reply=$(ct curl -s --max-time 5 -w ' %{http_code} %{time_total}' "$B/call-echo?msg=balanced" || true)
+echo "curl through service-b and HAProxy: $reply"
+expect "503 no_healthy_upstream, at once (under 0.1 s)" \
+    sh -c 'case "$1" in *"\"error\":\"no_healthy_upstream\""*" 503 "*) ;; *) exit 1 ;; esac &&
+        awk -v t="${1##* }" "BEGIN { exit !(t < 0.1) }"' _ "$reply"
+
+say "17. apt remove stops them and keeps the settings; apt purge removes them, and the balancer"
 ct env DEBIAN_FRONTEND=noninteractive apt remove -y -q two-service-lab 2>&1 | tail -n 2
 expect "stopped and gone: $(show service-a ActiveState)/$(show service-a LoadState) $(show service-b ActiveState)/$(show service-b LoadState), nothing answers" \
     test "$(show service-a ActiveState) $(show service-b ActiveState) $(ct_code $A/health)$(ct_code $B/health)" = "inactive inactive 000000"
@@ -65,5 +80,9 @@ expect "settings kept, with the edit: $(settings)" \
 ct env DEBIAN_FRONTEND=noninteractive apt purge -y -q two-service-lab 2>&1 | tail -n 2
 expect "purged: settings gone, dpkg forgot it" \
     ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b && ! dpkg-query -W two-service-lab 2>/dev/null'
+expect "purged: the balancer's files gone, haproxy on Debian's configuration alone ($(show haproxy ActiveState), :8090 $(ct_code http://127.0.0.1:8090/))" \
+    ct sh -c '! test -e /etc/haproxy/service-a-balancer.cfg && ! test -e /etc/systemd/system/haproxy.service.d/service-a-balancer.conf &&
+        ! test -e /etc/systemd/system/service-b.service.d/balancer.conf && systemctl is-active --quiet haproxy &&
+        ! curl -s -o /dev/null --max-time 2 http://127.0.0.1:8090/'
 
 harness_finish

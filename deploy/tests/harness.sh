@@ -77,6 +77,17 @@ harness_start() {
     echo 'disable *' > "$work/disable.preset"
 }
 
+# unmask UNIT...: these units start in the containers even if this machine
+# enables them (haproxy.service, which a test sets up there itself).
+unmask() {
+    local keep=() m u
+    for m in "${masks[@]}"; do
+        for u in "$@"; do [ "$m" != "systemd.mask=$u" ] || continue 2; done
+        keep+=("$m")
+    done
+    masks=("${keep[@]}")
+}
+
 # resolve_binaries DIR-OR-EMPTY: sets $binaries to a directory holding both
 # daemons; empty means target/release, built if missing.
 resolve_binaries() {

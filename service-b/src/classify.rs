@@ -26,16 +26,20 @@ pub enum ErrorKind {
     /// A 2xx whose body is not the expected JSON, or is too large, or a
     /// response that is not HTTP at all.
     InvalidResponse,
+    /// A balancer in front of several service-a's found no replica that
+    /// could take the call, and said so itself ([`crate::balancer`]).
+    NoHealthyUpstream,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Timeout,
         Self::ConnectionRefused,
         Self::ConnectionFailed,
         Self::UpstreamStatus,
         Self::InvalidResponse,
+        Self::NoHealthyUpstream,
     ];
 
     /// The contract's `error` value, and the CLIENT span's `error.type`.
@@ -46,6 +50,7 @@ impl ErrorKind {
             Self::ConnectionFailed => "connection_failed",
             Self::UpstreamStatus => "upstream_status",
             Self::InvalidResponse => "invalid_response",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
         }
     }
 }

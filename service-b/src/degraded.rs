@@ -63,6 +63,8 @@ impl Degradation {
                 ErrorKind::ConnectionRefused
                 | ErrorKind::ConnectionFailed
                 | ErrorKind::InvalidResponse => 502,
+                // What the balancer answered, as a proxy in its place would.
+                ErrorKind::NoHealthyUpstream => 503,
             },
             Self::Overloaded { .. } | Self::CircuitOpen { .. } => 503,
         }
@@ -81,6 +83,11 @@ impl Degradation {
                 | ErrorKind::ConnectionRefused
                 | ErrorKind::ConnectionFailed
                 | ErrorKind::InvalidResponse => true,
+                // Refused at once by the balancer, which called no replica:
+                // its health checks already do the breaker's work, and an
+                // open breaker would only hide this reason behind
+                // circuit_open.
+                ErrorKind::NoHealthyUpstream => false,
             },
             Self::Overloaded { .. } | Self::CircuitOpen { .. } => false,
         }
@@ -170,5 +177,9 @@ mod tests {
         assert_eq!(e(ErrorKind::InvalidResponse, Some(200)).http_status(), 502);
         assert_eq!(e(ErrorKind::UpstreamStatus, Some(500)).http_status(), 500);
         assert_eq!(e(ErrorKind::UpstreamStatus, Some(404)).http_status(), 404);
+        assert_eq!(
+            e(ErrorKind::NoHealthyUpstream, Some(503)).http_status(),
+            503
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! a bound on calls in flight and a circuit breaker ([`protect`]) keep it
 //! standing when service-a hangs or keeps failing.
 
+pub mod balancer;
 pub mod classify;
 pub mod degraded;
 pub mod protect;

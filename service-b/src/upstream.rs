@@ -22,6 +22,7 @@ use service_kit::telemetry::tracer;
 use service_kit::trace_id::{TRACEPARENT, current_trace_id, traceparent};
 use url::Url;
 
+use crate::balancer;
 use crate::classify::{
     ErrorKind, UpstreamError, classify, closed_before_answer, judge_body, judge_head, timed_out,
 };
@@ -252,7 +253,12 @@ impl Upstream {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        if let Err(e) = judge_head(status, content_type) {
+        // A balancer's own answer says why no replica answered.
+        let judged = match balancer::verdict(status, response.headers()) {
+            Some(e) => Err(e),
+            None => judge_head(status, content_type),
+        };
+        if let Err(e) = judged {
             // The body cannot be the answer; a small one is still read, so
             // the connection can serve the next call.
             drain(response).await;

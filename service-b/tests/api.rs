@@ -320,3 +320,39 @@ async fn each_fault_service_a_injects_is_the_kind_the_readme_promises() {
         }
     }
 }
+
+/// HAProxy 2.6's own answers, byte for byte, as `deploy/haproxy/` configures
+/// it: no replica could take the call, and none answered in time.
+const HAPROXY_503: &str = "HTTP/1.1 503 Service Unavailable\r\nbalancer-error: no_healthy_upstream\r\ncontent-length: 125\r\ncontent-type: application/json; charset=utf-8\r\n\r\n{\"error\":\"no_healthy_upstream\",\"message\":\"no service-a replica could take the call; replicas passing their health checks: 0\"}";
+const HAPROXY_504: &str = "HTTP/1.1 504 Gateway Time-out\r\nbalancer-error: timeout\r\ncontent-length: 69\r\ncontent-type: application/json; charset=utf-8\r\n\r\n{\"error\":\"timeout\",\"message\":\"no service-a replica answered in time\"}";
+
+#[tokio::test]
+async fn behind_a_balancer_with_no_replica_left_the_answer_says_so_and_the_breaker_stays_closed() {
+    let answers = vec![Bytes::from_static(HAPROXY_503.as_bytes()); 20];
+    let (app, fake) = with_fake(Behaviour::KeepAlive(answers), Duration::from_secs(1)).await;
+    // More than the breaker's 5 failures in a row: each call still goes to
+    // the balancer, which answers at once, and each says why.
+    for _ in 0..12 {
+        let r = degraded(&app, "no_healthy_upstream", 503).await;
+        let message = r.json["message"].as_str().unwrap();
+        assert!(message.contains("balancer"), "{message}");
+    }
+    assert_eq!(fake.requests().len(), 12);
+    assert_eq!(get(&app, "/health").await.json["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn behind_a_balancer_a_timeout_it_reports_is_a_timeout_and_a_replicas_own_503_is_its_status()
+{
+    let answer = Bytes::from_static(HAPROXY_504.as_bytes());
+    let (app, _fake) = with_fake(Behaviour::KeepAlive(vec![answer]), Duration::from_secs(1)).await;
+    degraded(&app, "timeout", 504).await;
+    // The same status from a replica (no balancer-error header) is the
+    // replica's answer.
+    let (app, _fake) = with_fake(
+        Behaviour::json(503, r#"{"error":"unavailable"}"#),
+        Duration::from_secs(1),
+    )
+    .await;
+    degraded(&app, "upstream_status", 503).await;
+}
