@@ -63,16 +63,41 @@ cargo test --workspace --locked -- --include-ignored --skip stack_
 
 # The stack as users run it: `docker compose up` of the shipped compose.yaml
 # under a Docker Engine of the test's own, the images built from the
-# binaries above, the daemons on the host at their telemetry defaults. First
-# the README's Jaeger walk-through and every rule and panel at the default
-# 60 s export (one shared stack: stack.rs); then, each in a stack of its own
-# (stack_engine.rs), what only the engine shows, Debian 12's Compose on the
-# file, and a fault on a tenth of service-a's answers for a minute (its 5 m
-# rate windows must hold its traffic only); and the images against the
-# upstream facts their Dockerfiles cite.
-step "the observability stack under Docker Engine and Compose (observability/with-engine.sh)"
-$sudo observability/with-engine.sh "$LAB_TOOLS" \
-    cargo test --locked -p service-b --test stack_engine --test stack -- --include-ignored --nocapture
+# binaries above, the daemons at their telemetry defaults. Two engines at
+# once, as their tests mostly wait for exports: on the host's ports, the
+# README's Jaeger walk-through and every rule and panel at the default 60 s
+# export (one shared stack: stack.rs); in a network namespace of its own,
+# each in a stack of its own (stack_engine.rs), what only the engine shows,
+# Debian 12's Compose on the file, a fault on a tenth of service-a's answers
+# for a minute (its 5 m rate windows must hold its traffic only), and the
+# images against the upstream facts their Dockerfiles cite. The test
+# programs run directly: two cargo commands would wait for each other.
+step "the observability stack under Docker Engine and Compose (observability/with-engine.sh, twice at once)"
+test_program() { # test_program NAME: the path of service-b's test program tests/NAME.rs
+    cargo test --locked -p service-b --test "$1" --no-run --message-format=json 2>/dev/null |
+        /usr/bin/python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+cargo test --locked -p service-b --test stack --test stack_engine --no-run
+own_log=$(mktemp)
+$sudo observability/with-engine.sh --netns "$LAB_TOOLS" "$(test_program stack_engine)" \
+    --include-ignored --nocapture >"$own_log" 2>&1 &
+own=$!
+shared_status=0
+$sudo observability/with-engine.sh "$LAB_TOOLS" "$(test_program stack)" \
+    --include-ignored --nocapture || shared_status=$?
+own_status=0
+wait "$own" || own_status=$?
+step "(the stacks of their own, in a network namespace: observability/with-engine.sh --netns)"
+cat "$own_log"
+rm -f "$own_log"
+if [ "$shared_status" -ne 0 ] || [ "$own_status" -ne 0 ]; then
+    echo "the observability stack: failed (shared $shared_status, own $own_status)" >&2
+    exit 1
+fi
 
 # The daemons in the tests export telemetry to a collector that refuses
 # connections; once more with one that accepts and never answers: no answer

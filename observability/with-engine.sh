@@ -3,7 +3,7 @@
 # built and Docker Compose installed, the way a user's machine runs
 # `docker compose up` of observability/compose.yaml:
 #
-#   observability/with-engine.sh BIN-DIR COMMAND [ARG...]      (as root)
+#   observability/with-engine.sh [--netns] BIN-DIR COMMAND [ARG...]   (as root)
 #
 # BIN-DIR is what observability/build/build.sh prints (it holds the stack's
 # programs and docker-compose). Needs Debian's docker.io (Engine 20.10 and
@@ -31,12 +31,22 @@
 # mounts, the network interfaces and run-time directories it created). The
 # stack's fixed ports (4317, 4318, 9090, 16686, 3000 on 127.0.0.1) must be
 # free: two runs at once would collide there, so the second refuses to start.
+#
+# --netns: the engine and COMMAND run in a network namespace of their own
+# (its own loopback, where the stack's ports are published), so that a
+# second stack runs beside one on the host's ports; the namespace goes at
+# the end.
 set -euo pipefail
 
 say() { printf 'with-engine: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-[ $# -ge 2 ] || die "usage: $0 BIN-DIR COMMAND [ARG...]"
+netns=
+if [ "${1:-}" = --netns ]; then
+    netns=lab-engine-$$
+    shift
+fi
+[ $# -ge 2 ] || die "usage: $0 [--netns] BIN-DIR COMMAND [ARG...]"
 bin=$(cd "$1" && pwd -P) || die "no directory $1"
 shift
 here=$(cd "$(dirname "$0")" && pwd -P)
@@ -47,16 +57,38 @@ dockerd=$(command -v dockerd) || die "dockerd not found (apt-get install docker.
 client=/usr/bin/docker
 [ -x "$client" ] || client=$(command -v docker) || die "no docker client (apt-get install docker.io)"
 [ -x "$bin/docker-compose" ] || die "no docker-compose in $bin (observability/build/build.sh builds it)"
-for port in 4317 4318 9090 16686 3000; do
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
-        die "127.0.0.1:$port is in use: is another stack running?"
-done
+if [ -z "$netns" ]; then
+    for port in 4317 4318 9090 16686 3000; do
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+            die "127.0.0.1:$port is in use: is another stack running?"
+    done
+fi
 
 # What exists before, so that only what the engine adds is removed.
 links_before=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
-# (dockerd 20.10 also writes its identity to /etc/docker/key.json.)
-run_dirs=()
-for d in /run/docker /run/containerd /etc/docker/key.json; do [ -e "$d" ] || run_dirs+=("$d"); done
+# The run-time folders every dockerd uses whatever its options, and the
+# identity dockerd 20.10 writes to /etc/docker/key.json: what of them the
+# first of the engines running at once finds missing, the last one removes.
+state=/run/lab-engine.d
+mkdir -p "$state"
+exec 8>"$state/lock"
+others() { # others: whether another run's engine is alive (stale marks removed)
+    local mark found=1
+    for mark in "$state"/*.pid; do
+        [ -e "$mark" ] || continue
+        if kill -0 "$(basename "$mark" .pid)" 2>/dev/null; then found=0; else rm -f "$mark"; fi
+    done
+    return $found
+}
+flock 8
+if ! others; then
+    : >"$state/created"
+    for d in /run/docker /run/containerd /etc/docker/key.json; do
+        [ -e "$d" ] || echo "$d" >>"$state/created"
+    done
+fi
+: >"$state/$$.pid"
+flock -u 8
 
 tmp=$(mktemp -d /tmp/lab-engine.XXXXXX)
 chmod 0711 "$tmp"
@@ -67,6 +99,12 @@ echo '{}' >"$tmp/daemon.json"
 export DOCKER_HOST="unix://$tmp/docker.sock" DOCKER_CONFIG="$tmp/config"
 export PATH="$tmp/bin:$PATH"
 engine=
+# in_ns COMMAND...: runs COMMAND in the namespace (if any).
+in_ns() {
+    # nsenter, not `ip netns exec`: that also remounts /sys, without the
+    # cgroup file systems dockerd needs.
+    if [ -n "$netns" ]; then nsenter --net="/run/netns/$netns" "$@"; else "$@"; fi
+}
 
 cleanup() {
     local status=$?
@@ -100,16 +138,27 @@ cleanup() {
     for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | comm -13 <(echo "$links_before") -); do
         case $link in br-* | veth* | docker*) ip link del "$link" 2>/dev/null || true ;; esac
     done
-    rm -rf "$tmp" "${run_dirs[@]}"
+    [ -z "$netns" ] || ip netns del "$netns" 2>/dev/null
+    rm -rf "$tmp"
+    flock 8
+    rm -f "$state/$$.pid"
+    if ! others; then
+        xargs -r rm -rf <"$state/created"
+        rm -rf "$state"
+    fi
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-say "starting dockerd ($("$dockerd" --version))"
+if [ -n "$netns" ]; then
+    ip netns add "$netns"
+    ip -n "$netns" link set lo up
+fi
+say "starting dockerd ($("$dockerd" --version))${netns:+ in network namespace $netns}"
 start=$SECONDS
-"$dockerd" --data-root "$tmp/data" --exec-root "$tmp/exec" -H "$DOCKER_HOST" \
+in_ns "$dockerd" --data-root "$tmp/data" --exec-root "$tmp/exec" -H "$DOCKER_HOST" \
     --pidfile "$tmp/docker.pid" --config-file "$tmp/daemon.json" \
     --iptables=false --ip-forward=false --bridge=none >"$tmp/dockerd.log" 2>&1 &
 engine=$!
@@ -125,4 +174,4 @@ start=$SECONDS
 say "images built in $((SECONDS - start)) s"
 
 say "running: $*"
-"$@"
+in_ns "$@"

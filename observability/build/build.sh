@@ -146,16 +146,19 @@ if [ -n "$images" ]; then
     for f in /etc/ssl/certs/ca-certificates.crt /etc/mime.types; do
         [ -r "$f" ] || die "--images: no $f (packages ca-certificates, media-types)"
     done
-    image() { # image NAME TAG: docker build NAME/Dockerfile on the context in $dir/images/NAME
+    # The build contexts: a folder of this run's own (two engines may build
+    # at once), beside bin/ so that the binaries are hard links.
+    contexts=$(mktemp -d "$dir/images.XXXXXX")
+    trap 'rm -rf "$contexts"' EXIT
+    image() { # image NAME TAG: docker build NAME/Dockerfile on the context $contexts/NAME
         local start=$SECONDS
-        docker build -q -t "$2" -f "$here/$1/Dockerfile" "$dir/images/$1" >/dev/null ||
+        docker build -q -t "$2" -f "$here/$1/Dockerfile" "$contexts/$1" >/dev/null ||
             die "docker build of $2 failed"
         say "image $2 built in $((SECONDS - start)) s"
     }
     stage() { # stage NAME: an empty build context for NAME
-        rm -rf "$dir/images/$1"
-        mkdir -p "$dir/images/$1"
-        echo "$dir/images/$1"
+        mkdir "$contexts/$1"
+        echo "$contexts/$1"
     }
     # Each context holds what its Dockerfile copies, with the modes the image
     # has (the legacy builder and BuildKit both keep a file's mode).
