@@ -10,15 +10,24 @@ sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
 # curl and pgrep drive the daemons in the shell tests below; Go builds the
-# observability stack; python3-yaml reads its YAML files, socat publishes its
-# ports, iproute2 makes its network namespaces; python3 and valgrind
-# (callgrind) count instructions per request; strace shows the order in
-# which a daemon starts (its signal handlers come first).
+# observability stack; python3-yaml reads its YAML files; Debian's docker.io
+# (Engine 20.10, containerd, runc) runs it, with Compose built here, and
+# Debian 12's docker-compose (1.29) runs it once more as that release's users
+# do; the images take CA certificates and mime.types from the host; iproute2
+# sees what the engine adds to the network; npm fetches the pinned Grafana
+# release's packages (its dashboard schema and Prometheus options) for the
+# static checks; python3 and valgrind (callgrind) count instructions per
+# request; strace shows the order in which a daemon starts (its signal
+# handlers come first).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
-command -v socat >/dev/null || missing+=(socat)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+[ -r /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+[ -r /etc/mime.types ] || missing+=(media-types)
+command -v npm >/dev/null || missing+=(npm)
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v python3 >/dev/null || missing+=(python3)
 command -v valgrind >/dev/null || missing+=(valgrind)
@@ -40,31 +49,57 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
 # The collector, Jaeger and Prometheus 3 (+ promtool) from their Go modules,
-# at the releases compose.yaml pins (cached in ~/.cache and Go's caches).
+# at the releases compose.yaml pins, and Docker Compose (cached in ~/.cache
+# and Go's caches).
 step "build the observability stack (observability/build/build.sh)"
 LAB_TOOLS=$(observability/build/build.sh)
 export LAB_TOOLS
-# -trimpath as build.sh builds: vet reuses the compiled dependencies.
+# -trimpath and static as build.sh builds: vet reuses the compiled dependencies.
 step "go vet (observability/build/otelcol)"
-(cd observability/build/otelcol && PATH=$PATH:/usr/local/go/bin GOFLAGS=-buildvcs=false go vet -trimpath ./...)
+(cd observability/build/otelcol && PATH=$PATH:/usr/local/go/bin GOFLAGS=-buildvcs=false CGO_ENABLED=0 go vet -trimpath ./...)
 
 # --include-ignored: the tests that need those tools are ignored by a bare
 # `cargo test`; here they run. The stack_ tests need the running stack: next.
 step "cargo test --workspace"
 cargo test --workspace --locked -- --include-ignored --skip stack_
 
-# The stack on the shipped configuration, in network namespaces wired as
-# compose wires it; the daemons at their telemetry defaults (about 5 min:
-# metrics are exported every 60 s by default).
-step "the observability stack, run for real (observability/netns-stack.sh)"
-$sudo observability/netns-stack.sh "$LAB_TOOLS" \
-    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture --skip stack_faults
-# A fault on a tenth of service-a's answers, the traffic command for a
-# minute: degraded share, alert, tail sampling, span metrics, exemplars. A
-# stack of its own: its 5 m rate windows must hold its traffic only.
-step "the observability stack: faults on purpose (observability/netns-stack.sh)"
-$sudo observability/netns-stack.sh "$LAB_TOOLS" \
-    cargo test --locked -p service-b --test stack -- --include-ignored --nocapture stack_faults
+# The stack as users run it: `docker compose up` of the shipped compose.yaml
+# under a Docker Engine of the test's own, the images built from the
+# binaries above, the daemons at their telemetry defaults. Two engines at
+# once, as their tests mostly wait for exports: on the host's ports, the
+# README's Jaeger walk-through and every rule and panel at the default 60 s
+# export (one shared stack: stack.rs); in a network namespace of its own,
+# each in a stack of its own (stack_engine.rs), what only the engine shows,
+# Debian 12's Compose on the file, a fault on a tenth of service-a's answers
+# for a minute (its 5 m rate windows must hold its traffic only), and the
+# images against the upstream facts their Dockerfiles cite. The test
+# programs run directly: two cargo commands would wait for each other.
+step "the observability stack under Docker Engine and Compose (observability/with-engine.sh, twice at once)"
+test_program() { # test_program NAME: the path of service-b's test program tests/NAME.rs
+    cargo test --locked -p service-b --test "$1" --no-run --message-format=json 2>/dev/null |
+        /usr/bin/python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+cargo test --locked -p service-b --test stack --test stack_engine --no-run
+own_log=$(mktemp)
+$sudo observability/with-engine.sh --netns "$LAB_TOOLS" "$(test_program stack_engine)" \
+    --include-ignored --nocapture >"$own_log" 2>&1 &
+own=$!
+shared_status=0
+$sudo observability/with-engine.sh "$LAB_TOOLS" "$(test_program stack)" \
+    --include-ignored --nocapture || shared_status=$?
+own_status=0
+wait "$own" || own_status=$?
+step "(the stacks of their own, in a network namespace: observability/with-engine.sh --netns)"
+cat "$own_log"
+rm -f "$own_log"
+if [ "$shared_status" -ne 0 ] || [ "$own_status" -ne 0 ]; then
+    echo "the observability stack: failed (shared $shared_status, own $own_status)" >&2
+    exit 1
+fi
 
 # The daemons in the tests export telemetry to a collector that refuses
 # connections; once more with one that accepts and never answers: no answer

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the observability stack's programs from their Go modules, at the
-# releases that observability/compose.yaml pins for its images:
+# releases that observability/compose.yaml pins for its images, and Docker
+# Compose, which runs that file:
 #
 #   otelcol-lab          the OpenTelemetry Collector (core + contrib modules),
 #                        with the components listed in otelcol/components.go
@@ -8,17 +9,26 @@
 #                        built from the module, its HTTP API is complete)
 #   prometheus, promtool Prometheus 3 (without its web UI assets and its
 #                        service-discovery plugins: everything arrives by push)
+#   docker-compose       Docker Compose (compose/go.mod), a Docker CLI plugin
 #
-#   observability/build/build.sh [DIR]
+#   observability/build/build.sh [--images] [DIR]
 #       DIR defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/two-service-lab/stack
+#   --images: then builds the collector's, Jaeger's and Prometheus's images
+#       from those binaries (otelcol/Dockerfile, jaeger/Dockerfile,
+#       prometheus/Dockerfile: each one mirrors its upstream image), tagged as
+#       compose.yaml pins them, with the engine `docker` reaches (DOCKER_HOST).
+#
+# Every program is static (CGO_ENABLED=0), as the upstream release builds
+# are: the same binaries run on the host in the tests and in FROM scratch
+# images.
 #
 # Prints the absolute path of DIR/bin on stdout and nothing else (progress on
-# stderr). Each module here (otelcol/, jaeger/, prometheus/) pins its program
-# and every dependency in its go.mod/go.sum; this script first checks that
-# those versions are the releases compose.yaml's image tags name, so the
-# images users run and the binaries the tests run cannot drift apart. A rerun
-# with nothing changed only checks and prints (Go's module and build caches
-# make a rebuild after a change quick too).
+# stderr). Each module here (otelcol/, jaeger/, prometheus/, compose/) pins
+# its program and every dependency in its go.mod/go.sum; this script first
+# checks that those versions are the releases compose.yaml's image tags name,
+# so the images users run and the binaries the tests run cannot drift apart.
+# A rerun with nothing changed only checks and prints (Go's module and build
+# caches make a rebuild after a change quick too).
 set -euo pipefail
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -26,6 +36,11 @@ die() { say "error: $*"; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd -P)
 compose="$here/../compose.yaml"
+images=
+if [ "${1:-}" = --images ]; then
+    images=1
+    shift
+fi
 dir=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/two-service-lab/stack}
 mkdir -p "$dir/bin"
 dir=$(cd "$dir" && pwd -P)
@@ -73,12 +88,15 @@ got=$(module_version prometheus github.com/prometheus/prometheus)
 
 # --- Build what changed. ---
 export GOFLAGS=-buildvcs=false
+# Static binaries, as upstream builds its releases: they run in FROM scratch
+# images as they run on the host.
+export CGO_ENABLED=0
 # What a build depends on: the module files, our sources, the go build
 # arguments, the Go release.
 stamp_of() { # stamp_of MODULE-DIR GO-BUILD-ARGS...
     local mod=$1
     shift
-    (cd "$here" && cat "$mod"/go.mod "$mod"/go.sum "$mod"/*.go 2>/dev/null; echo "$@"; go version) |
+    (cd "$here" && cat "$mod"/go.mod "$mod"/go.sum "$mod"/*.go 2>/dev/null; echo "$@"; go version; echo "CGO_ENABLED=$CGO_ENABLED") |
         sha256sum | cut -d' ' -f1
 }
 build() { # build MODULE-DIR OUTPUT... -- GO-BUILD-ARGS...
@@ -92,8 +110,9 @@ build() { # build MODULE-DIR OUTPUT... -- GO-BUILD-ARGS...
         return 0
     fi
     say "building ${outputs[*]} ($mod/go.mod)"
-    local start=$SECONDS
-    (cd "$here/$mod" && go build -trimpath -o "$dir/bin/" "$@") || die "go build in $mod failed"
+    local start=$SECONDS out="$dir/bin/"
+    [ "${#outputs[@]}" -gt 1 ] || out="$dir/bin/${outputs[0]}"
+    (cd "$here/$mod" && go build -trimpath -o "$out" "$@") || die "go build in $mod failed"
     echo "$stamp" >"$dir/$mod.stamp"
     say "built ${outputs[*]} in $((SECONDS - start)) s"
 }
@@ -104,9 +123,71 @@ build prometheus prometheus promtool -- -tags remove_all_sd \
     -ldflags "-X github.com/prometheus/common/version.Version=${prometheus#v}" \
     github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 build jaeger jaeger -- github.com/jaegertracing/jaeger/cmd/jaeger
+# Compose: only its command, stripped (-s -w: no symbol table nor DWARF, a
+# third smaller and quicker to link), its version set as its release build
+# sets it.
+compose_module=github.com/docker/compose/v5
+compose_version=$(module_version compose "$compose_module")
+[ -n "$compose_version" ] || die "compose/go.mod does not require $compose_module"
+build compose docker-compose -- -ldflags "-s -w -X $compose_module/internal.Version=$compose_version" \
+    "$compose_module/cmd"
 
 "$dir/bin/otelcol-lab" --version >/dev/null && "$dir/bin/jaeger" version >/dev/null 2>&1 &&
-    "$dir/bin/prometheus" --version >/dev/null && "$dir/bin/promtool" --version >/dev/null ||
-    die "a built program does not run"
-say "ready in $dir/bin: otelcol-lab $collector, jaeger $jaeger, prometheus $prometheus"
+    "$dir/bin/prometheus" --version >/dev/null && "$dir/bin/promtool" --version >/dev/null &&
+    "$dir/bin/docker-compose" version >/dev/null || die "a built program does not run"
+say "ready in $dir/bin: otelcol-lab $collector, jaeger $jaeger, prometheus $prometheus, docker-compose $compose_version"
+
+# --- The images, from those binaries. ---
+if [ -n "$images" ]; then
+    command -v docker >/dev/null || die "--images: docker not found"
+    module_dir() { # module_dir MODULE-DIR MODULE: where Go keeps MODULE's source
+        (cd "$here/$1" && go list -m -f '{{.Dir}}' "$2")
+    }
+    for f in /etc/ssl/certs/ca-certificates.crt /etc/mime.types; do
+        [ -r "$f" ] || die "--images: no $f (packages ca-certificates, media-types)"
+    done
+    # The build contexts: a folder of this run's own (two engines may build
+    # at once), beside bin/ so that the binaries are hard links.
+    contexts=$(mktemp -d "$dir/images.XXXXXX")
+    trap 'rm -rf "$contexts"' EXIT
+    image() { # image NAME TAG: docker build NAME/Dockerfile on the context $contexts/NAME
+        local start=$SECONDS
+        docker build -q -t "$2" -f "$here/$1/Dockerfile" "$contexts/$1" >/dev/null ||
+            die "docker build of $2 failed"
+        say "image $2 built in $((SECONDS - start)) s"
+    }
+    stage() { # stage NAME: an empty build context for NAME
+        mkdir "$contexts/$1"
+        echo "$contexts/$1"
+    }
+    # Each context holds what its Dockerfile copies, with the modes the image
+    # has (the legacy builder and BuildKit both keep a file's mode).
+    ctx=$(stage otelcol)
+    ln -f "$dir/bin/otelcol-lab" "$ctx/otelcol-contrib"
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
+    install -m 0644 "$here/otelcol/image-config.yaml" "$ctx/config.yaml"
+    image otelcol "otel/opentelemetry-collector-contrib:$collector"
+
+    ctx=$(stage jaeger)
+    ln -f "$dir/bin/jaeger" "$ctx/jaeger-linux"
+    cp /etc/ssl/certs/ca-certificates.crt /etc/mime.types "$ctx/"
+    install -m 0644 "$(module_dir jaeger github.com/jaegertracing/jaeger)/cmd/jaeger/sampling-strategies.json" "$ctx/"
+    install -d -m 1777 "$ctx/tmp-root/tmp"
+    image jaeger "jaegertracing/jaeger:$jaeger"
+
+    ctx=$(stage prometheus)
+    src=$(module_dir prometheus github.com/prometheus/prometheus)
+    ln -f "$dir/bin/prometheus" "$dir/bin/promtool" "$ctx/"
+    install -m 0644 "$src/LICENSE" "$src/NOTICE" "$ctx/"
+    install -d -m 0755 "$ctx/etc-prometheus"
+    install -m 0644 "$src/documentation/examples/prometheus.yml" "$ctx/etc-prometheus/"
+    # The data folder as an entry of a tree copied to /, so that it keeps
+    # its mode (a folder named as COPY's source is created 0755).
+    install -d -m 0775 "$ctx/data-root/prometheus"
+    # The base image's accounts (nobody is 65534 there too).
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$ctx/passwd"
+    printf 'root:x:0:\nnobody:x:65534:\n' >"$ctx/group"
+    chmod 0644 "$ctx/passwd" "$ctx/group"
+    image prometheus "prom/prometheus:$prometheus"
+fi
 echo "$dir/bin"

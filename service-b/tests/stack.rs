@@ -1,35 +1,32 @@
-//! The observability stack run for real: the collector, Jaeger v2 and
-//! Prometheus 3 built from their Go modules at the pinned releases, on the
-//! shipped configuration files, wired as compose wires them
-//! (`observability/netns-stack.sh`), with the real daemons at their
-//! telemetry defaults (OTLP to `localhost:4318`, metrics every 60 s). What
-//! the README promises is checked through the public APIs a user's browser
-//! calls: Jaeger's `/api/...` and Prometheus's `/api/v1/...`.
+//! The observability stack as users run it: `docker compose up` of the
+//! shipped `observability/compose.yaml` under a real Docker Engine, with the
+//! collector's, Jaeger's and Prometheus's images built from their Go modules
+//! at the pinned releases (`observability/with-engine.sh`), and the real
+//! daemons on the host at their telemetry defaults (OTLP to
+//! `localhost:4318`, metrics every 60 s). What the README promises is
+//! checked through the public APIs a user's browser calls, on the published
+//! ports: Jaeger's `/api/...` and Prometheus's `/api/v1/...`.
 //!
-//! Runs only inside `netns-stack.sh` (it sets `LAB_STACK_LOGS`), so it is
-//! `#[ignore]`d for a bare `cargo test`; `./test.sh` runs it there.
+//! The two tests here share one stack (the first starts it). The tests that
+//! need a stack of their own are in `stack_engine.rs`. Both run only under
+//! `with-engine.sh`, so they are `#[ignore]`d for a bare `cargo test`;
+//! `./test.sh` runs them there.
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::compose::{Compose, JAEGER, PROMETHEUS};
+use testkit::jaeger::{Jaeger, figures, service_of, tag};
 use testkit::{
     Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Prometheus, Sample, Sig, duration_secs,
     eventually, read_yaml, stack_dir, unused_addr,
 };
 
-/// The stack's published ports, as compose.yaml publishes them.
-const JAEGER: &str = "http://127.0.0.1:16686";
-const PROMETHEUS: &str = "http://127.0.0.1:9090";
-
 /// A daemon at its telemetry defaults, but for `env`; on `127.0.0.1:0`
 /// unless `listen` says where.
 async fn daemon(name: &str, env: &[(&str, &str)], listen: Option<&str>) -> Proc {
-    assert!(
-        std::env::var_os("LAB_STACK_LOGS").is_some(),
-        "run inside observability/netns-stack.sh (./test.sh does)"
-    );
     let mut builder = ProcBuilder::new(name).default_telemetry();
     if let Some(addr) = listen {
         builder = builder.no_listen().args(["--listen", addr]);
@@ -40,47 +37,15 @@ async fn daemon(name: &str, env: &[(&str, &str)], listen: Option<&str>) -> Proc 
     builder.spawn().await
 }
 
-async fn get_json(http: &reqwest::Client, url: &str, query: &[(&str, String)]) -> Value {
-    let response = http.get(url).query(query).send().await.unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert!(status.is_success(), "{url} {query:?}: {status} {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
-}
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-/// A span's tag, as Jaeger's API shows it.
-fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["tags"]
-        .as_array()?
-        .iter()
-        .find(|t| t["key"] == key)
-        .map(|t| &t["value"])
-}
-
-/// Every `doubleValue` of a Jaeger metrics answer (the Monitor tab's figures).
-fn figures(answer: &Value) -> Vec<f64> {
-    answer["metrics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|m| m["metricPoints"].as_array().into_iter().flatten())
-        .filter_map(|p| p["gaugeValue"]["doubleValue"].as_f64())
-        .collect()
-}
+// --- The README's Jaeger walk-through --------------------------------------
 
 #[tokio::test]
-#[ignore = "needs the running stack: ./test.sh runs it in observability/netns-stack.sh"]
+#[ignore = "needs the running stack: ./test.sh runs it under observability/with-engine.sh"]
 async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_tab_has_figures() {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let client = Client::new();
+    Compose::up_shared().await;
+    let jaeger = Jaeger::at(JAEGER);
     let prometheus = Prometheus::at(PROMETHEUS);
+    let client = Client::new();
     // Traces only: the metrics test counts every request it sees.
     let traces_only = [("OTEL_METRICS_EXPORTER", "none")];
     let a = daemon("service-a", &traces_only, None).await;
@@ -100,8 +65,34 @@ async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_
     )
     .await;
 
-    // Span metrics are counters: the Monitor tab's rates need two flushes of
-    // the spanmetrics connector (every 15 s) that saw calls, errors included.
+    span_metrics_with_errors(&client, &prometheus, &b, &b_hung).await;
+    let trace_id = freeze_service_a_for_a_timeout(&client, &a, &b).await;
+    // More calls, so the Monitor tab's rates have a second flush to compare.
+    client.call_echo_ok(&b.url(""), 5).await;
+    client
+        .call_echo_degraded(&b_hung.url(""), 1, "timeout")
+        .await;
+
+    let services = both_services_listed(&jaeger).await;
+    let listing = the_trace_has_three_spans_across_both_daemons(&jaeger, &trace_id).await;
+    a_tag_search_finds_it(&jaeger, &trace_id).await;
+    let monitor = the_monitor_tab_has_figures(&jaeger).await;
+    println!(
+        "Jaeger services: {services:?}\ntrace {trace_id}:\n  {}\nMonitor tab, service-b:\n  {}",
+        listing.join("\n  "),
+        monitor.join("\n  ")
+    );
+    drop(b_hung);
+}
+
+/// Span metrics are counters: the Monitor tab's rates need two flushes of
+/// the spanmetrics connector (every 15 s) that saw calls, errors included.
+async fn span_metrics_with_errors(
+    client: &Client,
+    prometheus: &Prometheus,
+    b: &Proc,
+    b_hung: &Proc,
+) {
     client.call_echo_ok(&b.url(""), 5).await;
     client
         .call_echo_degraded(&b_hung.url(""), 1, "timeout")
@@ -113,87 +104,72 @@ async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_
             |s| !s.is_empty(),
         )
         .await;
+}
 
-    // The README's walk-through: freeze service-a, call service-b, thaw.
+/// The README's walk-through: freeze service-a, call service-b, thaw; the
+/// 503's body names the trace.
+async fn freeze_service_a_for_a_timeout(client: &Client, a: &Proc, b: &Proc) -> String {
     a.signal(Sig::SIGSTOP);
     let reply = client.get(&b.url("/call-echo?msg=hi")).await;
     a.signal(Sig::SIGCONT);
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.json["error"], "timeout", "{}", reply.text);
-    let trace_id = reply.json["trace_id"].as_str().unwrap().to_owned();
-    client.call_echo_ok(&b.url(""), 5).await;
-    client
-        .call_echo_degraded(&b_hung.url(""), 1, "timeout")
-        .await;
+    reply.json["trace_id"].as_str().unwrap().to_owned()
+}
 
-    // Both services are listed.
-    let services = eventually(
+async fn both_services_listed(jaeger: &Jaeger) -> BTreeSet<String> {
+    eventually(
         "Jaeger to list both services",
         Duration::from_secs(30),
-        || {
-            let http = http.clone();
-            async move {
-                let answer = get_json(&http, &format!("{JAEGER}/api/services"), &[]).await;
-                let names: BTreeSet<String> = answer["data"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect();
-                (names.contains("service-a") && names.contains("service-b")).then_some(names)
-            }
+        || async {
+            let names = jaeger.services().await;
+            (names.contains("service-a") && names.contains("service-b")).then_some(names)
         },
     )
-    .await;
+    .await
+}
 
-    // The trace id from the 503 body: one trace, three spans, both services
-    // (service-a's span arrives once it is thawed and has answered).
-    let url = format!("{JAEGER}/api/traces/{trace_id}");
+/// The trace id from the 503 body: one trace, three spans, both services
+/// (service-a's span arrives once it is thawed and has answered). Returns
+/// the spans, one line each.
+async fn the_trace_has_three_spans_across_both_daemons(
+    jaeger: &Jaeger,
+    trace_id: &str,
+) -> Vec<String> {
     let trace = eventually(
         "the timeout's trace with three spans",
         Duration::from_secs(30),
-        || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let response = http.get(&url).send().await.ok()?;
-                if !response.status().is_success() {
-                    return None; // 404 until the spans are in
-                }
-                let answer: Value = response.json().await.ok()?;
-                let traces = answer["data"].as_array()?;
-                (traces.len() == 1 && traces[0]["spans"].as_array()?.len() == 3)
-                    .then(|| traces[0].clone())
-            }
+        || async {
+            let trace = jaeger.trace(trace_id).await?;
+            (trace["spans"].as_array()?.len() == 3).then_some(trace)
         },
     )
     .await;
     let spans = trace["spans"].as_array().unwrap();
-    let service_of = |span: &Value| {
-        let process = span["processID"].as_str().unwrap();
-        trace["processes"][process]["serviceName"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let mut listing = Vec::new();
-    for span in spans {
-        listing.push(format!(
-            "span {} parent {} {} {} kind={} status={} error.type={} service_b.degraded={} http.response.status_code={} duration={}us",
-            span["spanID"].as_str().unwrap(),
-            span["references"][0]["spanID"].as_str().unwrap_or("-"),
-            service_of(span),
-            span["operationName"].as_str().unwrap(),
-            tag(span, "span.kind").unwrap_or(&Value::Null),
-            tag(span, "otel.status_code").unwrap_or(&Value::Null),
-            tag(span, "error.type").unwrap_or(&Value::Null),
-            tag(span, "service_b.degraded").unwrap_or(&Value::Null),
-            tag(span, "http.response.status_code").unwrap_or(&Value::Null),
-            span["duration"],
-        ));
-    }
+    let listing: Vec<String> = spans
+        .iter()
+        .map(|span| {
+            format!(
+                "span {} parent {} {} {} kind={} status={} error.type={} service_b.degraded={} http.response.status_code={} duration={}us",
+                span["spanID"].as_str().unwrap(),
+                span["references"][0]["spanID"].as_str().unwrap_or("-"),
+                service_of(&trace, span),
+                span["operationName"].as_str().unwrap(),
+                tag(span, "span.kind").unwrap_or(&Value::Null),
+                tag(span, "otel.status_code").unwrap_or(&Value::Null),
+                tag(span, "error.type").unwrap_or(&Value::Null),
+                tag(span, "service_b.degraded").unwrap_or(&Value::Null),
+                tag(span, "http.response.status_code").unwrap_or(&Value::Null),
+                span["duration"],
+            )
+        })
+        .collect();
     let find = |service: &str, kind: &str| {
         spans
             .iter()
-            .find(|s| service_of(s) == service && tag(s, "span.kind") == Some(&Value::from(kind)))
+            .find(|s| {
+                service_of(&trace, s) == service && tag(s, "span.kind") == Some(&Value::from(kind))
+            })
             .unwrap_or_else(|| panic!("no {kind} span of {service}: {listing:#?}"))
     };
     let b_server = find("service-b", "server");
@@ -218,78 +194,53 @@ async fn stack_jaeger_finds_a_timeout_trace_across_both_daemons_and_its_monitor_
     assert_eq!(a_server["operationName"], "GET /echo");
     assert_eq!(a_server["references"][0]["spanID"], b_client["spanID"]);
     assert_eq!(b_client["references"][0]["spanID"], b_server["spanID"]);
+    listing
+}
 
-    // Search: service service-b, tag error.type=timeout finds it.
-    let found = get_json(
-        &http,
-        &format!("{JAEGER}/api/traces"),
-        &[
-            ("service", "service-b".to_owned()),
-            ("tags", r#"{"error.type":"timeout"}"#.to_owned()),
-            ("start", ((now_ms() - 3_600_000) * 1000).to_string()),
-            ("end", (now_ms() * 1000).to_string()),
-            ("limit", "100".to_owned()),
-        ],
-    )
-    .await;
-    let ids: Vec<&str> = found["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["traceID"].as_str())
-        .collect();
-    assert!(
-        ids.contains(&trace_id.as_str()),
-        "{trace_id} not in {ids:?}"
-    );
+/// Search: service service-b, tag error.type=timeout finds it.
+async fn a_tag_search_finds_it(jaeger: &Jaeger, trace_id: &str) {
+    let found = jaeger
+        .search(
+            "service-b",
+            60,
+            100,
+            &[("tags", r#"{"error.type":"timeout"}"#.to_owned())],
+        )
+        .await;
+    let ids: Vec<&str> = found.iter().filter_map(|t| t["traceID"].as_str()).collect();
+    assert!(ids.contains(&trace_id), "{trace_id} not in {ids:?}");
+}
 
-    // The Monitor tab: service-b's request rate, p95 latency and error rate,
-    // from the span metrics in Prometheus, as the UI asks for them.
+/// The Monitor tab: service-b's request rate, p95 latency and error rate,
+/// from the span metrics in Prometheus, as the UI asks for them.
+async fn the_monitor_tab_has_figures(jaeger: &Jaeger) -> Vec<String> {
     let mut monitor = Vec::new();
-    for (path, extra) in [
-        ("calls", None),
-        ("latencies", Some(("quantile", "0.95"))),
-        ("errors", None),
+    for (what, extra) in [
+        ("calls", &[][..]),
+        ("latencies", &[("quantile", "0.95")][..]),
+        ("errors", &[][..]),
     ] {
-        let url = format!("{JAEGER}/api/metrics/{path}");
         let answer = eventually(
-            &format!("Jaeger's {path} for service-b to show a figure"),
+            &format!("Jaeger's {what} for service-b to show a figure"),
             Duration::from_secs(60),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let mut query = vec![
-                        ("service", "service-b".to_owned()),
-                        ("spanKind", "server".to_owned()),
-                        ("endTs", now_ms().to_string()),
-                        ("lookback", "900000".to_owned()),
-                        ("step", "15000".to_owned()),
-                        ("ratePer", "600000".to_owned()),
-                    ];
-                    if let Some((k, v)) = extra {
-                        query.push((k, v.to_owned()));
-                    }
-                    let answer = get_json(&http, &url, &query).await;
-                    figures(&answer).iter().any(|v| *v > 0.0).then_some(answer)
-                }
+            || async {
+                let answer = jaeger.monitor(what, "service-b", extra).await;
+                figures(&answer).iter().any(|v| *v > 0.0).then_some(answer)
             },
         )
         .await;
         let values = figures(&answer);
         monitor.push(format!(
-            "{path}: {} ({} points, last {:?})",
+            "{what}: {} ({} points, last {:?})",
             answer["name"].as_str().unwrap_or(""),
             values.len(),
             values.last()
         ));
     }
-    println!(
-        "Jaeger services: {services:?}\ntrace {trace_id}:\n  {}\nMonitor tab, service-b:\n  {}",
-        listing.join("\n  "),
-        monitor.join("\n  ")
-    );
-    drop(b_hung);
+    monitor
 }
+
+// --- Every rule and panel query ---------------------------------------------
 
 /// Grafana's `$__rate_interval` for this dashboard and data source:
 /// `max($__interval + scrape interval, 4 × scrape interval)`, where the
@@ -346,55 +297,109 @@ const EXPORT: Duration = Duration::from_secs(90);
 /// Requests to /call-echo that Prometheus has seen, all service-b instances.
 const CALL_ECHO_COUNT: &str = r#"sum(http_server_request_duration_seconds_count{service_name="service-b", http_route="/call-echo"})"#;
 
+/// service-b with every kind of failure at hand: a good service-a (on an
+/// address of its own, so it can restart on it), a hung one, one that
+/// resets, one that refuses.
+struct Daemons {
+    a: Proc,
+    a_addr: String,
+    b: Proc,
+    b_hung: Proc,
+    b_reset: Proc,
+    b_refused: Proc,
+    _fakes: (FakeUpstream, FakeUpstream),
+}
+
+/// Every failure below should be its own kind, not circuit_open.
+const NO_BREAKER: (&str, &str) = ("SERVICE_B_BREAKER_FAILURES", "100");
+
+/// service-b calling `url` as its service-a, breaker off.
+async fn b_calling(url: &str) -> Proc {
+    daemon("service-b", &[NO_BREAKER, ("SERVICE_A_URL", url)], None).await
+}
+
+impl Daemons {
+    async fn start() -> Self {
+        let a_addr = unused_addr().to_string();
+        let a_url = format!("http://{a_addr}");
+        let a = daemon("service-a", &[], Some(&a_addr)).await;
+        let b = b_calling(&a_url).await;
+        let hang = FakeUpstream::start(Behaviour::Hang).await;
+        let b_hung = b_calling(&hang.url()).await;
+        let reset = FakeUpstream::start(Behaviour::Reset).await;
+        let b_reset = b_calling(&reset.url()).await;
+        let b_refused = b_calling(&format!("http://{}", unused_addr())).await;
+        Self {
+            a,
+            a_addr,
+            b,
+            b_hung,
+            b_reset,
+            b_refused,
+            _fakes: (hang, reset),
+        }
+    }
+
+    /// 3 answers of each failure kind; the timeouts at once (1 s each).
+    async fn every_failure_kind(&self, client: &Client) {
+        client
+            .call_echo_degraded(&self.b_reset.url(""), 3, "connection_failed")
+            .await;
+        client
+            .call_echo_degraded(&self.b_refused.url(""), 3, "connection_refused")
+            .await;
+        let url = self.b_hung.url("/call-echo?msg=x");
+        let timeouts = (0..3).map(|_| client.get(&url));
+        for r in futures::future::join_all(timeouts).await {
+            assert_eq!(r.json["error"], "timeout", "{}", r.text);
+        }
+    }
+
+    /// service-a stops (SIGTERM) and starts again on the same address.
+    async fn restart_a(&mut self) {
+        self.a.signal(Sig::SIGTERM);
+        self.a.wait_exit(Duration::from_secs(10)).await;
+        self.a = daemon("service-a", &[], Some(&self.a_addr)).await;
+    }
+}
+
 #[tokio::test]
-#[ignore = "needs the running stack: ./test.sh runs it in observability/netns-stack.sh"]
+#[ignore = "needs the running stack: ./test.sh runs it under observability/with-engine.sh"]
 async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_interval() {
+    Compose::up_shared().await;
     let prometheus = Prometheus::at(PROMETHEUS);
-    let client = Client::new();
-    // Every failure below should be its own kind, not circuit_open.
-    let breaker = ("SERVICE_B_BREAKER_FAILURES", "100");
-    // service-a on an address of its own, so it can restart on it.
-    let a_addr = unused_addr().to_string();
-    let a_url = format!("http://{a_addr}");
     let started = Instant::now();
-    let mut a = daemon("service-a", &[], Some(&a_addr)).await;
-    let b = daemon("service-b", &[breaker, ("SERVICE_A_URL", &a_url)], None).await;
-    let hang = FakeUpstream::start(Behaviour::Hang).await;
-    let hang_url = hang.url();
-    let b_hung = daemon("service-b", &[breaker, ("SERVICE_A_URL", &hang_url)], None).await;
-    let reset = FakeUpstream::start(Behaviour::Reset).await;
-    let reset_url = reset.url();
-    let b_reset = daemon("service-b", &[breaker, ("SERVICE_A_URL", &reset_url)], None).await;
-    let refused_url = format!("http://{}", unused_addr());
-    let b_refused = daemon(
-        "service-b",
-        &[breaker, ("SERVICE_A_URL", &refused_url)],
-        None,
-    )
-    .await;
+    let mut daemons = Daemons::start().await;
     let mut report = Vec::new();
 
-    // Prometheus computes rate() from increases between samples, 60 s
-    // apart: a series counts from its second export on. Two rounds of good
-    // answers only, then two rounds with every failure kind.
+    let (restarted, old_uptime) =
+        four_export_rounds_with_a_restart(&prometheus, &mut daemons, started, &mut report).await;
+    every_panel_shows_data(&prometheus, &mut report).await;
+    every_rule_is_healthy_and_shows_data(&prometheus, &mut report).await;
+    uptime_panel_shows_the_new_process(&prometheus, restarted, old_uptime, &mut report).await;
+    println!("{}", report.join("\n"));
+    drop(daemons);
+}
+
+/// Prometheus computes rate() from increases between samples, 60 s apart:
+/// a series counts from its second export on. Two rounds of good answers
+/// only (the second checks the healthy share), then two rounds with every
+/// failure kind; service-a restarts in the third. Returns when it restarted
+/// and its last uptime before.
+async fn four_export_rounds_with_a_restart(
+    prometheus: &Prometheus,
+    daemons: &mut Daemons,
+    started: Instant,
+    report: &mut Vec<String>,
+) -> (Instant, f64) {
+    let client = Client::new();
     let mut expected = 0.0;
     let mut restart = None;
     for round in 0..4 {
-        client.call_echo_ok(&b.url(""), 20).await;
+        client.call_echo_ok(&daemons.b.url(""), 20).await;
         expected += 20.0;
         if round >= 2 {
-            client
-                .call_echo_degraded(&b_reset.url(""), 3, "connection_failed")
-                .await;
-            client
-                .call_echo_degraded(&b_refused.url(""), 3, "connection_refused")
-                .await;
-            // 3 timeouts at the default 1 s deadline, at once.
-            let url = b_hung.url("/call-echo?msg=x");
-            let timeouts = (0..3).map(|_| client.get(&url));
-            for r in futures::future::join_all(timeouts).await {
-                assert_eq!(r.json["error"], "timeout", "{}", r.text);
-            }
+            daemons.every_failure_kind(&client).await;
             expected += 9.0;
         }
         prometheus
@@ -415,13 +420,10 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
             ));
         }
         if round == 2 {
-            // service-a restarts, on the same address.
             let uptime = prometheus
                 .query(r#"process_uptime_seconds{service_name="service-a"}"#)
                 .await;
-            a.signal(Sig::SIGTERM);
-            a.wait_exit(Duration::from_secs(10)).await;
-            a = daemon("service-a", &[], Some(&a_addr)).await;
+            daemons.restart_a().await;
             report.push(format!(
                 "service-a restarted after {:?}; its last uptime in Prometheus {}",
                 started.elapsed(),
@@ -430,9 +432,12 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
             restart = Some((Instant::now(), uptime[0].value));
         }
     }
+    restart.unwrap()
+}
 
-    // What a user must see: a number (not NaN, not only zeros) in every
-    // panel, and in the panels by kind, each kind this traffic caused.
+/// What a user must see: a number (not NaN, not only zeros) in every panel,
+/// and in the panels by kind, each kind the traffic caused.
+async fn every_panel_shows_data(prometheus: &Prometheus, report: &mut Vec<String>) {
     for (title, expr) in dashboard_queries() {
         let kinds: &[&str] = match title.as_str() {
             "Degraded answers of service-b, by kind" | "Calls to service-a: failures, by kind" => {
@@ -448,7 +453,12 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
             show(&samples)
         ));
     }
+}
 
+/// Every rule evaluates without error; every recording rule and every
+/// alert's expression the traffic trips shows data; the three alerts the
+/// traffic trips are pending (their `for:` runs).
+async fn every_rule_is_healthy_and_shows_data(prometheus: &Prometheus, report: &mut Vec<String>) {
     let answer = prometheus.api("/api/v1/rules").await;
     let mut alerts_checked = 0;
     for group in answer["data"]["groups"].as_array().unwrap() {
@@ -479,7 +489,6 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
         }
     }
     assert_eq!(alerts_checked, 4);
-    // The three alerts the traffic trips are pending (their `for:` runs).
     let alerts = prometheus
         .wait_for_alerts(
             &[
@@ -491,10 +500,16 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
         )
         .await;
     report.push(format!("alerts pending or firing: {alerts:?}"));
+}
 
-    // After the restart, the uptime panel shows the new process, not the old
-    // one's last (larger) value, which Prometheus keeps for 5 minutes.
-    let (restarted, old_uptime) = restart.unwrap();
+/// After the restart, the uptime panel shows the new process, not the old
+/// one's last (larger) value, which Prometheus keeps for 5 minutes.
+async fn uptime_panel_shows_the_new_process(
+    prometheus: &Prometheus,
+    restarted: Instant,
+    old_uptime: f64,
+    report: &mut Vec<String>,
+) {
     let uptime_panel = dashboard_queries()
         .into_iter()
         .find(|(title, _)| title == "Uptime, by daemon")
@@ -511,8 +526,6 @@ async fn stack_prometheus_shows_every_rule_and_panel_at_the_default_export_inter
         restarted.elapsed(),
         show(&uptime)
     ));
-    println!("{}", report.join("\n"));
-    drop((b, b_hung, b_reset, b_refused));
 }
 
 /// At least one series with a number a user can read: not NaN, not zero.
@@ -551,206 +564,4 @@ fn show(samples: &[Sample]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Whether Jaeger has trace `trace_id` (its API answers 404 until then).
-async fn jaeger_has(http: &reqwest::Client, trace_id: &str) -> bool {
-    let Ok(response) = http
-        .get(format!("{JAEGER}/api/traces/{trace_id}"))
-        .send()
-        .await
-    else {
-        return false;
-    };
-    if !response.status().is_success() {
-        return false;
-    }
-    let answer: Value = response.json().await.unwrap_or_default();
-    answer["data"].as_array().is_some_and(|t| t.len() == 1)
-}
-
-/// Runs alone in its own stack (`./test.sh` starts a fresh one for it): the
-/// degraded share it checks is over a 5 m window that other tests' traffic
-/// would share.
-#[tokio::test]
-#[ignore = "needs the running stack: ./test.sh runs it in observability/netns-stack.sh"]
-async fn stack_faults_a_tenth_of_answers_failing_on_purpose_is_counted_traced_and_alerted() {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let prometheus = Prometheus::at(PROMETHEUS);
-    let dir = tempfile::tempdir().unwrap();
-    let fault = dir.path().join("fault");
-    std::fs::write(&fault, "status=500 ratio=0.1\n").unwrap();
-    let a = daemon(
-        "service-a",
-        &[("SERVICE_A_FAULT_FILE", fault.to_str().unwrap())],
-        None,
-    )
-    .await;
-    let a_url = a.url("");
-    // Every failure its own kind: no breaker.
-    let b = daemon(
-        "service-b",
-        &[
-            ("SERVICE_A_URL", &a_url),
-            ("SERVICE_B_BREAKER_FAILURES", "0"),
-        ],
-        None,
-    )
-    .await;
-    // Prometheus sees a counter's increase only from its second sample on,
-    // and a series exists from its first request: a prelude with a good and a
-    // degraded answer, exported once, so that the minute of traffic is all
-    // increase (as on a system that has been running).
-    let client = Client::new();
-    let prelude = b.url("/call-echo?msg=prelude");
-    let mut statuses = BTreeSet::new();
-    while statuses.len() < 2 {
-        statuses.insert(client.get(&prelude).await.status);
-    }
-    prometheus
-        .wait_for(
-            r#"http_server_request_duration_seconds_count{service_name="service-b", http_route="/call-echo", http_response_status_code="503"}"#,
-            EXPORT,
-            |s| !s.is_empty(),
-        )
-        .await;
-    let calls = r#"sum(traces_span_metrics_calls_total{service_name="service-b", span_kind="SPAN_KIND_SERVER", span_name="GET /call-echo"})"#;
-    // The prelude's spans, counted once the connector has flushed them.
-    let calls_before = prometheus.wait_for(calls, EXPORT, |s| !s.is_empty()).await[0].value;
-
-    // A minute of steady traffic, as a user fills the dashboards.
-    let traces = dir.path().join("traces");
-    let summary = testkit::traffic(
-        &b.url(""),
-        &[
-            "--rate",
-            "20",
-            "--duration",
-            "60s",
-            "--trace-ids",
-            traces.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let ended = Instant::now();
-    let answered = summary["answered"].as_u64().unwrap();
-    let failed = testkit::traffic_count(&summary, "upstream_status");
-    assert_eq!(answered, 1200, "{summary}");
-    assert_eq!(
-        failed + testkit::traffic_count(&summary, "ok"),
-        answered,
-        "{summary}"
-    );
-    let share = failed as f64 / answered as f64;
-    let degraded: Vec<String> = std::fs::read_to_string(&traces)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            assert_eq!(fields[0], "upstream_status", "{l}");
-            assert_eq!(fields[2], "sampled", "{l}");
-            fields[1].to_owned()
-        })
-        .collect();
-    assert_eq!(degraded.len() as u64, failed);
-
-    // Every degraded answer's trace is in Jaeger within 15 s, tail sampling on.
-    for trace_id in &degraded {
-        let left = Duration::from_secs(15).saturating_sub(ended.elapsed());
-        eventually(
-            &format!("trace {trace_id} of a degraded answer in Jaeger"),
-            left.max(Duration::from_millis(1)),
-            || async { jaeger_has(&http, trace_id).await.then_some(()) },
-        )
-        .await;
-    }
-    let all_found = ended.elapsed();
-
-    // Good traces thinned: the traffic's traces Jaeger kept, errors aside.
-    let search = get_json(
-        &http,
-        &format!("{JAEGER}/api/traces"),
-        &[
-            ("service", "service-b".to_owned()),
-            ("operation", "GET /call-echo".to_owned()),
-            (
-                "tags",
-                r#"{"user_agent.original":"lab-traffic/1 (synthetic)"}"#.to_owned(),
-            ),
-            ("start", ((now_ms() - 600_000) * 1000).to_string()),
-            ("end", (now_ms() * 1000).to_string()),
-            ("limit", "5000".to_owned()),
-        ],
-    )
-    .await;
-    let kept = search["data"].as_array().unwrap().len() as u64;
-    let good_kept = kept.saturating_sub(failed);
-    let good_sent = answered - failed;
-    assert!(
-        good_kept > 0 && (good_kept as f64) < 0.3 * good_sent as f64,
-        "kept {good_kept} of {good_sent} good traces (a tenth expected)"
-    );
-
-    // Span metrics count every request, sampled or not.
-    let counted = prometheus
-        .wait_for(calls, EXPORT, |s| {
-            s.first()
-                .is_some_and(|s| s.value - calls_before >= answered as f64)
-        })
-        .await[0]
-        .value
-        - calls_before;
-
-    // Prometheus: the degraded share, and the alert it trips.
-    let ratio = prometheus
-        .wait_for("service_b:degraded_ratio:rate5m", 3 * EXPORT, |s| {
-            s.first().is_some_and(|s| (s.value - 0.10).abs() <= 0.03)
-        })
-        .await[0]
-        .value;
-    let alerts = prometheus
-        .wait_for_alerts(&["ServiceBDegrading"], 2 * EXPORT)
-        .await;
-
-    // An exemplar on an error series: its trace id opens a trace in Jaeger.
-    let exemplars = prometheus
-        .api(&format!(
-            "/api/v1/query_exemplars?query={}&start={}&end={}",
-            urlencode(
-                r#"traces_span_metrics_duration_milliseconds_bucket{service_name="service-b", status_code="STATUS_CODE_ERROR"}"#
-            ),
-            now_ms() / 1000 - 600,
-            now_ms() / 1000 + 60,
-        ))
-        .await;
-    let exemplar_ids: Vec<String> = exemplars["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|series| series["exemplars"].as_array().into_iter().flatten())
-        .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
-        .collect();
-    let exemplar = exemplar_ids
-        .first()
-        .unwrap_or_else(|| panic!("no exemplar with a trace_id: {exemplars}"));
-    eventually(
-        &format!("exemplar trace {exemplar} in Jaeger"),
-        Duration::from_secs(30),
-        || async { jaeger_has(&http, exemplar).await.then_some(()) },
-    )
-    .await;
-    println!(
-        "status=500 ratio=0.1, traffic.py 20/s for 60 s: {answered} answers, {failed} degraded ({share:.3}); \
-         all {} degraded traces in Jaeger {:.1}s after the traffic; good traces kept {good_kept} of {good_sent}; \
-         span metrics counted {counted}; service_b:degraded_ratio:rate5m {ratio:.3}; alerts {alerts:?}; \
-         {} exemplar trace ids, {exemplar} found in Jaeger",
-        degraded.len(),
-        all_found.as_secs_f64(),
-        exemplar_ids.len()
-    );
-    drop(a);
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -11,7 +11,9 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod client;
+pub mod compose;
 mod fake;
+pub mod jaeger;
 mod otlp;
 mod process;
 pub mod program;
@@ -163,16 +165,38 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_every(what, timeout, Duration::from_millis(20), || {
+        let attempt = check();
+        async move { attempt.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that costs its target something (a query to
+/// a server): polls every `every`, and `check` says why an attempt failed
+/// (the panic after `timeout` shows the last reason, when not empty).
+pub async fn eventually_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
-            return v;
-        }
+        let why = match check().await {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}{}{why}",
+            if why.is_empty() { "" } else { "; last: " }
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -137,7 +137,7 @@ impl ProcBuilder {
 
     /// Telemetry at the daemons' defaults: no `OTEL_EXPORTER_OTLP_ENDPOINT`,
     /// so they export to `http://localhost:4318` (the observability stack's
-    /// published port, in `observability/netns-stack.sh`).
+    /// published port, under `observability/with-engine.sh`).
     pub fn default_telemetry(mut self) -> Self {
         self.envs
             .retain(|(k, _)| k != "OTEL_EXPORTER_OTLP_ENDPOINT");

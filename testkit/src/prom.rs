@@ -9,12 +9,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::{eventually, unused_addr};
+use crate::{eventually, eventually_every, unused_addr};
+
+/// How often a query is repeated while waiting for its answer to change.
+const POLL: Duration = Duration::from_millis(250);
 
 /// Directory of the built stack programs, from `LAB_TOOLS`.
 pub fn tools_dir() -> PathBuf {
@@ -141,18 +144,16 @@ impl Prometheus {
         timeout: Duration,
         accept: impl Fn(&[Sample]) -> bool,
     ) -> Vec<Sample> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{promql} to give the expected answer");
+        eventually_every(&what, timeout, POLL, || async {
             let samples = self.query(promql).await;
             if accept(&samples) {
-                return samples;
+                Ok(samples)
+            } else {
+                Err(format!("{samples:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{promql} never gave the expected answer within {timeout:?}; last: {samples:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 
     /// The API's answer for a path such as `/api/v1/rules`.
@@ -174,8 +175,8 @@ impl Prometheus {
         names: &[&str],
         timeout: Duration,
     ) -> Vec<(String, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("alerts {names:?} all pending or firing");
+        eventually_every(&what, timeout, POLL, || async {
             let answer = self.api("/api/v1/alerts").await;
             let active: Vec<(String, String)> = answer["data"]["alerts"]
                 .as_array()
@@ -189,14 +190,12 @@ impl Prometheus {
                 })
                 .collect();
             if names.iter().all(|n| active.iter().any(|(a, _)| a == n)) {
-                return active;
+                Ok(active)
+            } else {
+                Err(format!("active: {active:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "alerts {names:?} not all active within {timeout:?}: {active:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 }
 
