@@ -244,6 +244,7 @@ mod tests {
                 "connection_failed",
                 "upstream_status",
                 "invalid_response",
+                "no_healthy_upstream",
                 "overloaded",
                 "circuit_open"
             ]
