@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::{
-    Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Sig, eventually, form_encode, unused_addr,
+    Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Sig, eventually, form_encode, refused_addr,
 };
 
 async fn service_a() -> Proc {
@@ -153,7 +153,7 @@ async fn sigterm_lets_an_in_flight_request_get_its_503_then_exits_0() {
 
 #[tokio::test]
 async fn every_degraded_answer_is_logged_at_warn_with_its_kind_and_status() {
-    let b = service_b(&format!("http://{}", unused_addr())).await;
+    let b = service_b(&format!("http://{}", refused_addr())).await;
     call(&b, "hi").await;
     b.wait_for_log("degraded:", Duration::from_secs(5)).await;
     let line = b

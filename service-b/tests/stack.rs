@@ -21,7 +21,7 @@ use testkit::compose::{Compose, JAEGER, PROMETHEUS};
 use testkit::jaeger::{Jaeger, figures, service_of, tag};
 use testkit::{
     Behaviour, Client, FakeUpstream, Proc, ProcBuilder, Prometheus, Sample, Sig, duration_secs,
-    eventually, read_yaml, stack_dir, unused_addr,
+    eventually, read_yaml, refused_addr, stack_dir, unused_addr,
 };
 
 /// A daemon at its telemetry defaults, but for `env`; on `127.0.0.1:0`
@@ -328,7 +328,7 @@ impl Daemons {
         let b_hung = b_calling(&hang.url()).await;
         let reset = FakeUpstream::start(Behaviour::Reset).await;
         let b_reset = b_calling(&reset.url()).await;
-        let b_refused = b_calling(&format!("http://{}", unused_addr())).await;
+        let b_refused = b_calling(&format!("http://{}", refused_addr())).await;
         Self {
             a,
             a_addr,

@@ -24,8 +24,8 @@ use testkit::compose::{
 };
 use testkit::jaeger::{Jaeger, now_ms};
 use testkit::{
-    Client, Proc, ProcBuilder, Prometheus, eventually, form_encode, read_yaml, stack_dir,
-    unused_addr,
+    Client, Proc, ProcBuilder, Prometheus, eventually, form_encode, read_yaml, refused_addr,
+    stack_dir,
 };
 
 /// A daemon at its telemetry defaults, but for `env`.
@@ -56,7 +56,7 @@ fn epoch_secs() -> f64 {
 /// `connection_refused` whose trace the collector always keeps (an error),
 /// and whose body names it.
 async fn b_refused(extra: &[(&str, &str)]) -> Proc {
-    let refused = format!("http://{}", unused_addr());
+    let refused = format!("http://{}", refused_addr());
     let mut env = vec![
         QUICK[0],
         QUICK[1],
