@@ -515,18 +515,32 @@ def lint():
                     problems.append(f"{rel(path)}:{n}: {why}: {m.group(0)!r}")
             for m in REPO_PATH.finditer(line):
                 problems += path_problem(path, n, m.group(1))
-            for m in re.finditer(r"\]\(([^)#\s]+)(#[^)]*)?\)", line):
-                target = m.group(1)
+            for m in re.finditer(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", line):
+                target, anchor = m.group(1), m.group(2)
                 if re.match(r"[a-z]+:", target):
                     continue
-                if not (path.parent / target).exists():
+                dest = (path.parent / target) if target else path
+                if not dest.exists():
                     problems.append(f"{rel(path)}:{n}: the link {target} leads nowhere")
+                elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                    problems.append(f"{rel(path)}:{n}: {target or rel(path)} has no heading #{anchor}")
     readme = (REPO / "README.md").read_text().splitlines()
     if len(readme) > README_MAX_LINES:
         problems.append(f"README.md: {len(readme)} lines, more than {README_MAX_LINES}")
     problems += rust_version_problems()
     problems += baseline_problems()
     return problems
+
+
+def anchors(path):
+    """The anchors GitHub gives a markdown file's headings."""
+    found = set()
+    for line in path.read_text().split("\n"):
+        m = re.match(r"^#{1,6} (.*)", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            found.add(slug)
+    return found
 
 
 def path_problem(path, n, token):
