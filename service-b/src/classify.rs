@@ -171,9 +171,8 @@ pub fn classify(e: &reqwest::Error, deadline: Duration, url: &Url) -> UpstreamEr
             format!("nothing listens at {}", authority(url)),
         );
     }
-    if let Some(h) = cause_ref::<hyper::Error>(e, |h| {
-        h.is_parse() || h.is_parse_status() || h.is_parse_too_large()
-    }) {
+    // Any parse error: not HTTP at all, a bad status line, a head too large.
+    if let Some(h) = cause_ref::<hyper::Error>(e, hyper::Error::is_parse) {
         return UpstreamError::new(
             ErrorKind::InvalidResponse,
             format!("service-a's answer is not valid HTTP: {h}"),

@@ -182,4 +182,71 @@ mod tests {
             503
         );
     }
+
+    #[test]
+    fn only_what_says_service_a_is_unwell_counts_against_it() {
+        let failed = |kind, status| {
+            Degradation::Failed(UpstreamError {
+                kind,
+                status,
+                detail: String::new(),
+            })
+        };
+        for kind in [
+            ErrorKind::Timeout,
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionFailed,
+            ErrorKind::InvalidResponse,
+        ] {
+            assert!(failed(kind, None).counts_against_upstream(), "{kind:?}");
+        }
+        assert!(failed(ErrorKind::UpstreamStatus, None).counts_against_upstream());
+        assert!(failed(ErrorKind::UpstreamStatus, Some(500)).counts_against_upstream());
+        assert!(failed(ErrorKind::UpstreamStatus, Some(503)).counts_against_upstream());
+        assert!(
+            !failed(ErrorKind::UpstreamStatus, Some(499)).counts_against_upstream(),
+            "a 4xx is the caller's doing"
+        );
+        assert!(!failed(ErrorKind::UpstreamStatus, Some(404)).counts_against_upstream());
+        let refusals = [
+            Degradation::Overloaded { limit: 3 },
+            Degradation::CircuitOpen {
+                next_try: Duration::from_millis(1500),
+            },
+        ];
+        for refusal in &refusals {
+            assert!(
+                !refusal.counts_against_upstream(),
+                "{refusal:?}: no call made"
+            );
+            assert_eq!(refusal.http_status(), 503, "{refusal:?}");
+        }
+        assert_eq!(refusals[0].kind(), "overloaded");
+        assert_eq!(
+            refusals[0].detail(),
+            "3 calls to service-a already in flight"
+        );
+        assert_eq!(refusals[1].kind(), "circuit_open");
+        assert_eq!(
+            refusals[1].detail(),
+            "service-a kept failing; circuit breaker open, next try in 1500 ms"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_named_once() {
+        let kinds: Vec<_> = Degradation::kinds().collect();
+        assert_eq!(
+            kinds,
+            [
+                "timeout",
+                "connection_refused",
+                "connection_failed",
+                "upstream_status",
+                "invalid_response",
+                "overloaded",
+                "circuit_open"
+            ]
+        );
+    }
 }

@@ -389,7 +389,35 @@ mod tests {
         let a = f.try_enter().unwrap();
         let _b = f.try_enter().unwrap();
         assert!(f.try_enter().is_none());
+        assert_eq!(
+            f.limit(),
+            2,
+            "the bound, as the overloaded message names it"
+        );
         drop(a);
         assert!(f.try_enter().is_some());
+    }
+
+    #[test]
+    fn states_as_health_spells_them() {
+        for (state, shown) in [
+            (BreakerState::Closed, "closed"),
+            (BreakerState::Open, "open"),
+            (BreakerState::HalfOpen, "half_open"),
+            (BreakerState::Disabled, "disabled"),
+        ] {
+            assert_eq!(state.as_str(), shown);
+        }
+    }
+
+    #[test]
+    fn an_abandoned_call_changes_nothing_unless_it_was_the_probe() {
+        let b = Breaker::new(1, COOLDOWN);
+        drop(b.admit().unwrap());
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b, 1);
+        let probe = b.admit_at(after_cooldown()).unwrap();
+        probe.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed, "a reported probe");
     }
 }

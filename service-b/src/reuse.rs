@@ -15,11 +15,13 @@ tokio::task_local! {
     static NEW_CONNECTION: Cell<bool>;
 }
 
-/// Runs one attempt, and says whether it opened a new connection.
-pub async fn watching_connections<F: Future>(attempt: F) -> (F::Output, bool) {
+/// Runs one attempt, and says whether it opened a new connection. Takes
+/// the attempt as a closure so that its future is made in place, inside
+/// this one: made outside and passed in, it would be copied at each move.
+pub async fn watching_connections<F: Future>(attempt: impl FnOnce() -> F) -> (F::Output, bool) {
     NEW_CONNECTION
         .scope(Cell::new(false), async {
-            let output = attempt.await;
+            let output = attempt().await;
             (output, NEW_CONNECTION.with(Cell::get))
         })
         .await

@@ -200,7 +200,7 @@ impl Upstream {
             request.headers_mut().insert(TRACEPARENT, parent);
         }
 
-        let fetch = watching_connections(self.fetch(request));
+        let fetch = watching_connections(|| self.fetch(request));
         let attempt = match tokio::time::timeout_at(deadline, fetch).await {
             Ok((Ok(answer), _)) => Attempt::Done(Ok(answer)),
             Ok((
@@ -421,6 +421,15 @@ mod tests {
             "http://a.example/prefix/echo"
         );
         assert_eq!(u("http://a.example/prefix"), "http://a.example/prefix/echo");
+    }
+
+    #[test]
+    fn a_user_a_password_a_query_or_a_fragment_alone_is_refused() {
+        let refused = |url| parse_base_url(url).unwrap_err();
+        assert!(refused("http://user@host").contains("credentials"));
+        assert!(refused("http://:pw@host").contains("credentials"));
+        assert!(refused("http://host/?x").contains("query"));
+        assert!(refused("http://host/#part").contains("fragment"));
     }
 
     #[test]

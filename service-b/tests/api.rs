@@ -236,6 +236,59 @@ async fn a_2xx_that_is_not_the_expected_json_is_invalid_response_502() {
 }
 
 #[tokio::test]
+async fn an_answer_that_is_not_valid_http_is_invalid_response_502() {
+    let huge_head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-huge: {}\r\ncontent-length: 12\r\n\r\n{{\"echo\":\"x\"}}",
+        "h".repeat(1 << 20)
+    );
+    for (what, raw) in [
+        (
+            "not HTTP",
+            Bytes::from_static(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+        ),
+        (
+            "a bad status line",
+            Bytes::from_static(b"HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n"),
+        ),
+        ("a head too large", Bytes::from(huge_head)),
+    ] {
+        let (app, _fake) = with_fake(Behaviour::Raw(raw), Duration::from_secs(1)).await;
+        let r = degraded(&app, "invalid_response", 502).await;
+        assert!(
+            r.json["message"]
+                .as_str()
+                .unwrap()
+                .contains("not valid HTTP"),
+            "{what}: {}",
+            r.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_message_names_the_address_refused_or_what_the_failure_was() {
+    let addr = unused_addr();
+    let app = service_b(addr, Duration::from_secs(1));
+    let r = degraded(&app, "connection_refused", 502).await;
+    assert_eq!(
+        r.json["message"],
+        format!("nothing listens at {addr}"),
+        "{}",
+        r.text
+    );
+    // reqwest's own message is "error sending request for url (...)": the
+    // causes under it say what happened.
+    let (app, _fake) = with_fake(Behaviour::Raw(Bytes::new()), Duration::from_secs(1)).await;
+    let r = degraded(&app, "connection_failed", 502).await;
+    let message = r.json["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("calling service-a failed: error sending request"),
+        "{message}"
+    );
+    assert!(message.contains("closed"), "{message}");
+}
+
+#[tokio::test]
 async fn a_huge_body_is_invalid_response_without_reading_it_all() {
     let mb = 1 << 20;
     // Declared up front...

@@ -180,3 +180,175 @@ async fn a_reset_while_connecting_is_never_a_reason_to_send_again() {
         "a connect error counted as a closed connection: {e:?}"
     );
 }
+
+/// A kept-alive answer of `status` whose body is `body`, its length declared.
+fn declared(status: u16, body: &[u8]) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+/// A kept-alive answer of `status` whose body is `body`, sent in chunks of
+/// `size` bytes and no declared length.
+fn chunked(status: u16, body: &[u8], size: usize) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.chunks(size) {
+        out.extend_from_slice(&Behaviour::chunk(piece));
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    Bytes::from(out)
+}
+
+/// `{"echo":"xxx..."}`, exactly `len` bytes long.
+fn echo_of_length(len: usize) -> Vec<u8> {
+    let frame = r#"{"echo":""}"#.len();
+    format!(r#"{{"echo":"{}"}}"#, "x".repeat(len - frame)).into_bytes()
+}
+
+/// The largest body service-b takes from service-a is what an echo of the
+/// longest `msg` can be, every byte JSON-escaped (6 each, plus 1 KiB), and
+/// never less than 64 KiB: a body of exactly that size is an answer, one
+/// byte more is `invalid_response`, declared or not.
+#[tokio::test]
+async fn the_body_size_cap_is_the_longest_echo_and_at_least_64_kib() {
+    // (--max-msg-bytes, the cap it gives)
+    for (max_msg, cap) in [(4096, 64 * 1024), (20_000, 20_000 * 6 + 1024)] {
+        let body = echo_of_length(cap);
+        let over = echo_of_length(cap + 1);
+        for (answer, good) in [
+            (declared(200, &body), true),
+            (chunked(200, &body, 16 * 1024), true),
+            (declared(200, &over), false),
+            (chunked(200, &over, 16 * 1024), false),
+        ] {
+            let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![answer])).await;
+            let up = Upstream::new(&fake.url().parse().unwrap(), DEADLINE, max_msg).unwrap();
+            match up.echo("x").await {
+                Ok(echo) => assert!(good, "a body of {} bytes was taken", echo.len()),
+                Err(e) => {
+                    assert!(!good, "a body of {cap} bytes was refused: {e:?}");
+                    assert_eq!(
+                        (e.kind, e.status),
+                        (ErrorKind::InvalidResponse, Some(200)),
+                        "{e:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_cap_is_refused_before_any_body_arrives() {
+    let fake = FakeUpstream::start(Behaviour::Trickle {
+        head: Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n",
+        ),
+        chunk: Bytes::from_static(b" "),
+        every: Duration::from_millis(10),
+    })
+    .await;
+    let started = Instant::now();
+    let e = upstream(&fake).echo("x").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e:?}");
+    assert!(e.detail.contains("1000000 bytes"), "{e:?}");
+    assert!(started.elapsed() < DEADLINE / 2, "{:?}", started.elapsed());
+}
+
+/// Error bodies up to 16 KiB are read to their end, so that the connection
+/// serves the next call; a larger one is not read, and its connection is
+/// closed instead.
+#[tokio::test]
+async fn error_bodies_are_drained_up_to_16_kib_and_no_further() {
+    const CALLS: usize = 5;
+    let limit = 16 * 1024;
+    let at_limit = vec![b' '; limit];
+    let over = vec![b' '; limit + 1];
+    let large = vec![b' '; 40_000];
+    for (what, answer, kept) in [
+        ("declared, 16 KiB", declared(500, &at_limit), true),
+        ("chunked, 16 KiB", chunked(500, &at_limit, 4000), true),
+        ("declared, 16 KiB + 1", declared(500, &over), false),
+        ("chunked, 40 000 bytes", chunked(500, &large, 4000), false),
+    ] {
+        let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![answer; CALLS])).await;
+        let up = upstream(&fake);
+        for _ in 0..CALLS {
+            let e = up.echo("x").await.unwrap_err();
+            assert_eq!((e.kind, e.status), (ErrorKind::UpstreamStatus, Some(500)));
+        }
+        if kept {
+            // (the pool may open a spare connection while one is on its
+            // way back to it, so not exactly one)
+            assert!(fake.connections() <= 3, "{what}: {}", fake.connections());
+        } else {
+            assert!(
+                fake.connections() >= CALLS,
+                "{what}: {}",
+                fake.connections()
+            );
+        }
+    }
+}
+
+/// At the bound itself, the end of the body is waited for (briefly): a
+/// 16 KiB error body whose last chunk comes a moment later is still read to
+/// its end, and its connection serves the next call.
+#[tokio::test]
+async fn an_error_body_of_exactly_16_kib_is_read_to_its_end_when_the_end_comes_later() {
+    const CALLS: usize = 5;
+    let answer = chunked(500, &vec![b' '; 16 * 1024], 4096);
+    let end = answer.len() - b"0\r\n\r\n".len();
+    let parts = vec![answer.slice(..end), answer.slice(end..)];
+    let fake = FakeUpstream::start(Behaviour::KeepAliveInParts(vec![parts; CALLS])).await;
+    let up = upstream(&fake);
+    for _ in 0..CALLS {
+        let e = up.echo("x").await.unwrap_err();
+        assert_eq!((e.kind, e.status), (ErrorKind::UpstreamStatus, Some(500)));
+    }
+    assert!(fake.connections() <= 3, "{}", fake.connections());
+}
+
+/// A 2xx that is not the expected answer still carries service-a's status,
+/// for the CLIENT span's and the duration metric's `http.response.status_code`.
+#[tokio::test]
+async fn an_invalid_answer_keeps_service_a_status() {
+    for (answer, status) in [
+        (declared(200, b"not json"), 200),
+        (
+            Bytes::from_static(
+                b"HTTP/1.1 202 Accepted\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+            ),
+            202,
+        ),
+    ] {
+        let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![answer])).await;
+        let e = upstream(&fake).echo("x").await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.status),
+            (ErrorKind::InvalidResponse, Some(status)),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_on_a_kept_alive_connection_is_not_sent_again() {
+    // Only a connection closed before any answer may be tried again: here
+    // service-a answered, with garbage.
+    let good = Behaviour::kept_alive(200, r#"{"echo":"x"}"#);
+    let garbage = Bytes::from_static(b"garbage, not HTTP at all\r\n\r\n");
+    let fake = FakeUpstream::start(Behaviour::KeepAlive(vec![good, garbage])).await;
+    let up = upstream(&fake);
+    up.echo("x").await.unwrap();
+    let e = up.echo("x").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e:?}");
+    assert_eq!(fake.requests().len(), 2, "sent again after an answer");
+}

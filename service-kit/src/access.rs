@@ -162,4 +162,12 @@ mod tests {
         assert_eq!(TraceId(&sc).to_string(), format!("{:032x}", id));
         assert_eq!(TraceId(&SpanContext::NONE).to_string(), "-");
     }
+
+    #[test]
+    fn sampled_is_true_false_or_a_dash() {
+        use crate::trace_id::span;
+        assert_eq!(Sampled(&span(TraceFlags::SAMPLED)).to_string(), "true");
+        assert_eq!(Sampled(&span(TraceFlags::NOT_SAMPLED)).to_string(), "false");
+        assert_eq!(Sampled(&SpanContext::NONE).to_string(), "-");
+    }
 }

@@ -130,6 +130,9 @@ pub struct Clocked<S> {
     last: [u8; 2],
     /// Counted in the intake's unread connections until first read from.
     unread: Option<Arc<Intake>>,
+    /// The end of file that follows a complete head has been held back
+    /// once already (see [`Clocked::poll_read`]).
+    eof_held: bool,
 }
 
 impl<S> Drop for Clocked<S> {
@@ -151,6 +154,7 @@ impl<S> Clocked<S> {
             timer: Box::pin(tokio::time::sleep(clocks.header)),
             last: [0; 2],
             unread: None,
+            eof_held: false,
         }
     }
 
@@ -172,6 +176,7 @@ impl<S> Clocked<S> {
         if self.phase == Phase::Idle {
             self.start(Phase::Head, self.clocks.header);
             self.last = [0; 2];
+            self.eof_held = false;
         }
         if self.phase != Phase::Head {
             return;
@@ -209,6 +214,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let bytes = &buf.filled()[before..];
+                // The client closed its side after a complete request (it
+                // gave up while this daemon could not read). hyper, finding
+                // the end of file before it has polled the request's
+                // handler once, would drop the request unseen: no access
+                // line, no span. Held back for one poll, it lets the
+                // handler start and record the request (answered, or 499).
+                if bytes.is_empty() && this.phase == Phase::Handling && !this.eof_held {
+                    this.eof_held = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 if bytes.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -438,6 +454,41 @@ mod tests {
         let started = Instant::now();
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
         assert_eq!(started.elapsed(), CLOCKS.idle);
+    }
+
+    /// A request whose client closed its side right after sending it (it
+    /// gave up while the daemon was busy or frozen): the request and the
+    /// end of file are both waiting when the daemon reads. hyper, seeing the
+    /// end of file before it has polled the request's handler even once,
+    /// would drop the request unseen: no access line, no span. So the end of
+    /// file after a complete head is held back for one poll, which lets the
+    /// handler start (and record the request, as answered or as 499).
+    #[tokio::test]
+    async fn the_end_of_file_after_a_request_waits_one_poll() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Clocked::new(server, CLOCKS);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut buf = [0u8; 256];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        // The first look finds nothing yet, and asks to be polled again.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut read_buf = ReadBuf::new(&mut buf);
+        assert!(
+            Pin::new(&mut server)
+                .poll_read(&mut cx, &mut read_buf)
+                .is_pending()
+        );
+        // The next one is the end of file.
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+
+        // An end of file with no request pending (an idle connection the
+        // client closes) comes at once.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Clocked::new(server, CLOCKS);
+        client.shutdown().await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -74,3 +74,33 @@ impl<K: Copy + PartialEq> Durations<K> {
         histogram.record(seconds);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(d: &Durations<usize>) -> usize {
+        d.bound.read().map_or(0, |b| b.len())
+    }
+
+    #[test]
+    fn each_key_is_bound_once_and_its_attributes_made_once() {
+        let d = Durations::new("test", "test.duration", "A test histogram.");
+        d.record(0.1, 1, Vec::new);
+        d.record(0.2, 2, Vec::new);
+        assert_eq!(bound(&d), 2);
+        d.record(0.3, 1, || {
+            panic!("the attributes of a bound key made again")
+        });
+        assert_eq!(bound(&d), 2);
+    }
+
+    #[test]
+    fn past_the_bound_records_are_unbound() {
+        let d = Durations::new("test", "test.duration", "A test histogram.");
+        for key in 0..MAX_BOUND + 10 {
+            d.record(0.1, key, Vec::new);
+        }
+        assert_eq!(bound(&d), MAX_BOUND);
+    }
+}

@@ -40,13 +40,6 @@ pub struct Degraded {
     pub status: u16,
 }
 
-/// The route template of a matched request (`/echo`), never the raw path:
-/// it names the endpoint without the user's content.
-pub fn route_of(req: &Request) -> Option<String> {
-    let matched = req.matched_path();
-    (!matched.is_empty()).then(|| format!("/{matched}"))
-}
-
 /// The method as a `'static` name; the semantic conventions' `_OTHER` for
 /// anything non-standard, so a client cannot mint new label values.
 fn method_name(method: &Method) -> &'static str {

@@ -42,9 +42,49 @@ pub fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
+/// A span context of the W3C example trace, with `flags`, for tests.
+#[cfg(test)]
+pub(crate) fn span(flags: opentelemetry::trace::TraceFlags) -> SpanContext {
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    SpanContext::new(
+        TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+        SpanId::from(0x00f0_67aa_0ba9_02b7),
+        flags,
+        false,
+        TraceState::NONE,
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TraceFlags;
+
     use super::*;
+
+    #[test]
+    fn traceparent_is_the_w3c_header_of_a_valid_span_only() {
+        assert_eq!(
+            traceparent(&span(TraceFlags::SAMPLED)).unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent(&span(TraceFlags::NOT_SAMPLED)).unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        assert_eq!(traceparent(&SpanContext::NONE), None);
+        assert_eq!(TRACEPARENT.as_str(), "traceparent");
+    }
+
+    #[test]
+    fn the_current_trace_id_is_that_of_the_current_span() {
+        assert_eq!(current_trace_id(), None, "no span, no trace id");
+        let cx = Context::new().with_remote_span_context(span(TraceFlags::SAMPLED));
+        let _current = cx.attach();
+        assert_eq!(
+            current_trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
 
     #[test]
     fn hex_digits() {

@@ -47,6 +47,9 @@ pub enum Behaviour {
     /// of these responses; once they are used up, reads one more request and
     /// closes without answering (a server that restarted, or crashed on it).
     KeepAlive(Vec<Bytes>),
+    /// Like [`Behaviour::KeepAlive`], with each response sent in parts,
+    /// 5 ms apart: how the end of a body may come a moment after the rest.
+    KeepAliveInParts(Vec<Vec<Bytes>>),
 }
 
 impl Behaviour {
@@ -189,6 +192,21 @@ impl Drop for FakeUpstream {
 
 async fn serve(mut stream: TcpStream, behaviour: Behaviour, log: Arc<Mutex<Vec<Recorded>>>) {
     let record = |head| log.lock().unwrap().push(Recorded { head });
+    if let Behaviour::KeepAliveInParts(responses) = behaviour {
+        for parts in responses {
+            let Some(head) = read_head(&mut stream).await else {
+                return;
+            };
+            record(head);
+            for part in parts {
+                if stream.write_all(&part).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        return;
+    }
     if let Behaviour::KeepAlive(responses) = behaviour {
         for response in responses {
             let Some(head) = read_head(&mut stream).await else {
@@ -252,7 +270,9 @@ async fn act(stream: &mut TcpStream, behaviour: Behaviour) -> std::io::Result<()
         }
         Behaviour::Reset => stream.set_zero_linger()?,
         Behaviour::Sequence(_) => unreachable!("resolved per connection"),
-        Behaviour::KeepAlive(_) => unreachable!("served in `serve`"),
+        Behaviour::KeepAlive(_) | Behaviour::KeepAliveInParts(_) => {
+            unreachable!("served in `serve`")
+        }
         Behaviour::Delayed(delay, then) => {
             tokio::time::sleep(delay).await;
             Box::pin(act(stream, *then)).await?;

@@ -137,6 +137,7 @@ macro_rules! daemon_contract_tests {
             program::an_idle_connection_lasts_the_idle_timeout_and_no_shorter,
             program::a_stalled_log_reader_stalls_no_answer_and_drops_are_counted,
             program::a_stop_answers_every_connection_it_accepted,
+            program::a_request_whose_client_left_while_the_daemon_was_frozen_is_recorded,
             systemd::ready_comes_with_a_status_a_person_can_read_and_only_once_serving,
             systemd::stopping_is_announced_when_the_drain_starts,
             systemd::ready_arrives_on_a_notify_socket_of_either_form,

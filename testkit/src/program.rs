@@ -585,3 +585,41 @@ pub async fn a_stop_answers_every_connection_it_accepted(d: &Daemon) {
         lost.len()
     );
 }
+
+/// A request whose client gives up while the daemon cannot read (frozen,
+/// busy): the request and the client's end of file wait together, and the
+/// request is still recorded (the access line here; the span and duration
+/// come with it), never dropped unseen. Kept-alive connections and fresh
+/// ones alike.
+pub async fn a_request_whose_client_left_while_the_daemon_was_frozen_is_recorded(d: &Daemon) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proc = d.proc().spawn().await;
+    let request = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+    let rounds = 6;
+    for round in 0..rounds {
+        let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+        if round % 2 == 0 {
+            // Kept alive: one answered request first.
+            conn.write_all(request).await.unwrap();
+            let mut buf = [0u8; 1024];
+            assert!(conn.read(&mut buf).await.unwrap() > 0);
+        }
+        proc.signal(Sig::SIGSTOP);
+        conn.write_all(request).await.unwrap();
+        conn.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proc.signal(Sig::SIGCONT);
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(EXIT_WITHIN, conn.read_to_end(&mut rest)).await;
+    }
+    let expected = rounds + rounds / 2;
+    crate::eventually(
+        &format!("{expected} access lines for /health"),
+        EXIT_WITHIN,
+        || {
+            let n = proc.logs().matches("GET /health ").count();
+            async move { (n >= expected).then_some(()) }
+        },
+    )
+    .await;
+}
