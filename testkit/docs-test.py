@@ -473,7 +473,7 @@ def run_phase(phase, session, only, timeout):
 
 # History and the project's own notes stay out of what users read.
 FORBIDDEN = [
-    (re.compile(r"CONTRACT\.md|shared notes"), "cites a file users do not have"),
+    (re.compile(r"CONTRACT\.md|shared notes|\bthe contract\b", re.I), "cites a document users do not have"),
     (re.compile(r"\b(this|that|the previous|previous|last|next|each|every) round\b|\bround's\b", re.I), "history"),
     (re.compile(r"\bissues? #?\d+", re.I), "an issue number"),
     (re.compile(r"\bcommit of this\b|\bthe final code\b", re.I), "history"),
