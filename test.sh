@@ -128,7 +128,7 @@ testkit/docs-test.py --phase local
 
 # Instructions per request under callgrind, on the release binaries run.sh
 # built: fails when a figure rises more than 10 % above
-# bench/instructions-baseline.json (README, Performance).
+# bench/instructions-baseline.json (docs/PERFORMANCE.md).
 step "instructions per request against the baseline (bench/bench.py --instructions --check)"
 bench/bench.py --instructions --check
 
