@@ -66,9 +66,11 @@ cargo test --workspace --locked -- --include-ignored --skip stack_
 # The stack as users run it: `docker compose up` of the shipped compose.yaml
 # under a Docker Engine of the test's own, the images built from the
 # binaries above, the daemons at their telemetry defaults. Two engines at
-# once, as their tests mostly wait for exports: on the host's ports, the
-# README's Jaeger walk-through and every rule and panel at the default 60 s
-# export (one shared stack: stack.rs); in a network namespace of its own,
+# once, as their tests mostly wait for exports: on the host's ports, a
+# timeout's trace in Jaeger and every rule and panel at the default 60 s
+# export (one shared stack: stack.rs), then, on that stack, the docs'
+# walkthroughs in Jaeger (the units in a container: deploy/tests/docs.sh
+# stack, on the debug binaries); in a network namespace of its own,
 # each in a stack of its own (stack_engine.rs), what only the engine shows,
 # Debian 12's Compose on the file, a fault on a tenth of service-a's answers
 # for a minute (its 5 m rate windows must hold its traffic only), and the
@@ -89,8 +91,8 @@ $sudo observability/with-engine.sh --netns "$LAB_TOOLS" "$(test_program stack_en
     --include-ignored --nocapture >"$own_log" 2>&1 &
 own=$!
 shared_status=0
-$sudo observability/with-engine.sh "$LAB_TOOLS" "$(test_program stack)" \
-    --include-ignored --nocapture || shared_status=$?
+$sudo observability/with-engine.sh "$LAB_TOOLS" sh -c '"$@" && deploy/tests/docs.sh stack' _ \
+    "$(test_program stack)" --include-ignored --nocapture || shared_status=$?
 own_status=0
 wait "$own" || own_status=$?
 step "(the stacks of their own, in a network namespace: observability/with-engine.sh --netns)"
@@ -117,9 +119,16 @@ fuzz/run.sh "${FUZZ_SECONDS:-30}"
 step "run.sh (testkit/run-sh-test.sh)"
 testkit/run-sh-test.sh
 
+# The docs' walkthroughs with plain processes (the quick start's ./run.sh,
+# the API, the settings), as written, in a network and process namespace of
+# their own; first the checks that run nothing (every shell block marked,
+# the paths and figures the docs cite).
+step "the docs with plain processes (testkit/docs-test.py --phase local)"
+testkit/docs-test.py --phase local
+
 # Instructions per request under callgrind, on the release binaries run.sh
 # built: fails when a figure rises more than 10 % above
-# bench/instructions-baseline.json (README, Performance).
+# bench/instructions-baseline.json (docs/PERFORMANCE.md).
 step "instructions per request against the baseline (bench/bench.py --instructions --check)"
 bench/bench.py --instructions --check
 
@@ -145,6 +154,10 @@ step "systemd end to end: install from a checkout as users do (deploy/tests/user
 $sudo deploy/tests/user-install.sh
 step "systemd end to end: the .deb through apt (deploy/tests/deb.sh)"
 $sudo deploy/tests/deb.sh --debs target/debian-test
+# The README's install and "break service-a" walkthroughs and the operations
+# guide's, as written (sudo, systemctl), on a copy of this machine.
+step "the docs on a machine with systemd (deploy/tests/docs.sh vm)"
+$sudo deploy/tests/docs.sh vm
 # Three service-a machines behind HAProxy on a service-b machine, each its
 # own systemd and network: failover drills under steady traffic, their
 # figures printed (about 2.5 min).

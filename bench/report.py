@@ -1,4 +1,4 @@
-"""The report: bench.py's figures as the tables the README quotes, and the
+"""The report: bench.py's figures as the tables docs/PERFORMANCE.md quotes, and the
 instructions per request against bench/instructions-baseline.json (--check
 fails above it, --write-baseline rewrites it)."""
 

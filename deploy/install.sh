@@ -154,7 +154,7 @@ build_as() {
         PATH=/usr/local/bin:/usr/bin:/bin bash -lc "$probe" </dev/null 2>/dev/null); then
         die "no Rust toolchain for $user: cargo is neither on $user's login PATH nor in $home/.cargo/bin.
   Install one as $user (not with sudo): see https://rustup.rs, then run this again.
-  Or install the binaries built elsewhere: sudo $0 --binaries DIR (or the .deb; see the README)."
+  Or install the binaries built elsewhere: sudo $0 --binaries DIR (or the .deb; see docs/OPERATIONS.md)."
     fi
     cargo=${cargo##*$'\n'} # the last line: a profile may print too
     say "building release binaries as $user with $cargo"

@@ -1,7 +1,7 @@
 //! service-b: everything but the routes is the shared daemon lifecycle.
 
 // mimalloc: 6-14 % fewer instructions per request than glibc's malloc, idle
-// RSS within 1 MB of it (README, Performance).
+// RSS within 1 MB of it (docs/PERFORMANCE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
