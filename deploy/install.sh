@@ -35,6 +35,7 @@ balancer_cmd=/usr/local/sbin/two-service-lab-balancer
 balancer_files=/usr/local/share/two-service-lab/haproxy
 unit_dir=/etc/systemd/system
 default_dir=/etc/default
+fault_dir=/etc/service-a
 
 binaries=""
 socket_activation=no
@@ -99,6 +100,7 @@ uninstall() {
         rm -f "$bin_dir/$d"
         if [ "$purge" = yes ]; then
             rm -f "$default_dir/$d"
+            [ "$d" = service-a ] && rm -rf "$fault_dir"
         elif [ -f "$default_dir/$d" ]; then
             say "kept $default_dir/$d (remove it with --uninstall --purge)"
         fi
@@ -208,6 +210,12 @@ install_all() {
         secure_settings "$default_dir/$d"
         [ "$touched" = yes ] && changed+=("$d")
     done
+    # Where the shipped settings put service-a's fault file
+    # (SERVICE_A_FAULT_FILE=/etc/service-a/fault): root's, readable by the
+    # unit. The file itself is the admin's to write.
+    if [ ! -d "$fault_dir" ]; then
+        install -d -m 0755 "$fault_dir" && say "created $fault_dir (service-a's fault file goes there)"
+    fi
     # The balancer's command and files: installed always (small), used when asked.
     place "$here/balancer.sh" "$balancer_cmd" 0755 || true
     local f

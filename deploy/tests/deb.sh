@@ -35,6 +35,8 @@ expect "services enabled, sockets shipped but not enabled ($(modes))" \
 hello=$(ct curl -s --max-time 5 -w ' %{http_code}' "$B/call-echo?msg=deb" || true)
 expect "curl through service-b: $hello" test "$hello" = '{"service_b":"ok","service_a":{"echo":"deb"}} 200'
 expect "settings after apt install: $(settings)" test "$(settings)" = "root:root 640 root:root 640 "
+expect "the fault file's folder made: /etc/service-a ($(ct stat -c '%U %a' /etc/service-a 2>&1))" \
+    test "$(ct stat -c '%U %a' /etc/service-a)" = "root 755"
 for unit in service-a service-b; do
     line=$(ct systemd-analyze security --offline=yes "/usr/lib/systemd/system/$unit.service" 2>/dev/null | grep 'Overall exposure level' || true)
     score=$(printf '%s' "$line" | sed -nE 's/.*: ([0-9.]+) .*/\1/p')
@@ -78,8 +80,8 @@ expect "binaries gone" ct sh -c '! test -e /usr/bin/service-a && ! test -e /usr/
 expect "settings kept, with the edit: $(settings)" \
     sh -c '[ "$1" = "root:root 640 root:root 640 " ] && nsenter -t "$2" -a grep -q "^SERVICE_B_UPSTREAM_TIMEOUT=2s$" /etc/default/service-b' _ "$(settings)" "$init_pid"
 ct env DEBIAN_FRONTEND=noninteractive apt purge -y -q two-service-lab 2>&1 | tail -n 2
-expect "purged: settings gone, dpkg forgot it" \
-    ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b && ! dpkg-query -W two-service-lab 2>/dev/null'
+expect "purged: settings and the fault file's folder gone, dpkg forgot it" \
+    ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b && ! test -e /etc/service-a && ! dpkg-query -W two-service-lab 2>/dev/null'
 expect "purged: the balancer's files gone, haproxy on Debian's configuration alone ($(show haproxy ActiveState), :8090 $(ct_code http://127.0.0.1:8090/))" \
     ct sh -c '! test -e /etc/haproxy/service-a-balancer.cfg && ! test -e /etc/systemd/system/haproxy.service.d/service-a-balancer.conf &&
         ! test -e /etc/systemd/system/service-b.service.d/balancer.conf && systemctl is-active --quiet haproxy &&

@@ -45,10 +45,9 @@ case "$phase" in
         done
         boot stack --host-overlay
         # Where the README's sections before it leave the machine: the units
-        # installed, /etc/service-a made for the fault file.
+        # installed (install.sh makes /etc/service-a for the fault file).
         ct "$repo/deploy/install.sh" --binaries "$binaries" >"$work/install.log" 2>&1 ||
             { cat "$work/install.log"; echo "docs.sh: install.sh failed" >&2; exit 1; }
-        ct mkdir -p /etc/service-a
         ;;
     *)
         echo "usage: $0 vm | stack [--binaries DIR]" >&2

@@ -280,7 +280,8 @@ faults_switched_by_reload() {
     local a_pid a_restarts spec kind reply health status_a refused
     say "8. faults injected on purpose, switched by systemctl reload service-a"
     ct systemctl restart service-b # a closed breaker to start with
-    ct mkdir -p /etc/service-a
+    expect "install.sh made /etc/service-a for the fault file ($(ct stat -c '%U %a' /etc/service-a 2>&1))" \
+        test "$(ct stat -c '%U %a' /etc/service-a)" = "root 755"
     a_pid=$(show service-a MainPID)
     a_restarts=$(show service-a NRestarts)
     # One call each, so the breaker (5 failures in a row) stays closed.
@@ -350,6 +351,6 @@ load_states=$(ct systemctl show -p LoadState --value service-a.service service-b
 expect "no unit left for systemd (LoadState: $load_states)" test "$load_states" = "not-found not-found not-found not-found "
 expect "nothing listens any more" test "$(code $A/health)$(code $B/health)" = 000000
 ct /lab/deploy/install.sh --uninstall --purge
-expect "--purge removes the settings" ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b'
+expect "--purge removes the settings and the fault file's folder" ct sh -c '! test -e /etc/default/service-a && ! test -e /etc/default/service-b && ! test -e /etc/service-a'
 
 harness_finish

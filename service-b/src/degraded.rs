@@ -101,8 +101,11 @@ impl Degradation {
                 Cow::Owned(format!("{limit} calls to service-a already in flight"))
             }
             Self::CircuitOpen { next_try } => Cow::Owned(format!(
-                "service-a kept failing; circuit breaker open, next try in {} ms",
-                next_try.as_millis()
+                "service-a kept failing; circuit breaker open, next try in {}",
+                // To the millisecond: `4978ms`, `5s`.
+                service_kit::cli::show_duration(Duration::from_millis(
+                    u64::try_from(next_try.as_millis()).unwrap_or(u64::MAX)
+                ))
             )),
         }
     }
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(refusals[1].kind(), "circuit_open");
         assert_eq!(
             refusals[1].detail(),
-            "service-a kept failing; circuit breaker open, next try in 1500 ms"
+            "service-a kept failing; circuit breaker open, next try in 1500ms"
         );
     }
 
