@@ -32,8 +32,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,19 +55,25 @@ pub struct Clocks {
 
 /// Whether the acceptor still takes connections, and how many of those it
 /// took have not been read from yet: what the drain waits for.
+///
+/// The acceptor takes a connection from the kernel and counts it in one
+/// step under the `stopped` lock, which [`Intake::stop`] takes too: once
+/// `stop` returns, every connection taken is counted, and no other will be.
+/// (Counted after the lock, one taken on the acceptor's thread as the drain
+/// began on another could go uncounted, and be closed unread.)
 #[derive(Debug, Default)]
 pub struct Intake {
-    stopped: AtomicBool,
+    stopped: Mutex<bool>,
     unread: AtomicUsize,
     changed: Notify,
 }
 
 impl Intake {
     /// Stops taking connections (they wait in the kernel's queue: for the
-    /// next process, under socket activation).
+    /// next process, under socket activation). Waits for a connection being
+    /// taken at this moment to be counted.
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        *self.gate() = true;
     }
 
     /// Waits until every accepted connection has been read from (or
@@ -88,16 +94,8 @@ impl Intake {
         let _ = tokio::time::timeout(within, settled).await;
     }
 
-    async fn wait_stopped(&self) {
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            changed.await;
-        }
+    fn gate(&self) -> MutexGuard<'_, bool> {
+        self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read(&self) {
@@ -341,16 +339,22 @@ where
         fuse_policy: Option<ArcFusePolicy>,
     ) -> io::Result<Accepted<Self::Coupler, Self::Stream>> {
         let intake = self.intake.clone();
-        let accepted = tokio::select! {
-            biased;
-            () = intake.wait_stopped() => std::future::pending().await,
-            accepted = self.inner.accept(fuse_policy) => accepted?,
-        };
         let clocks = self.clocks;
-        Ok(accepted.map_into(
-            |_| TcpCoupler::new(),
-            |s| Clocked::new(s, clocks).unread_in(intake),
-        ))
+        let mut taking = std::pin::pin!(self.inner.accept(fuse_policy));
+        std::future::poll_fn(|cx| {
+            let stopped = intake.gate();
+            if *stopped {
+                // Never again: the server's loop is told to stop too.
+                return Poll::Pending;
+            }
+            taking.as_mut().poll(cx).map_ok(|accepted| {
+                accepted.map_into(
+                    |_| TcpCoupler::new(),
+                    |s| Clocked::new(s, clocks).unread_in(intake.clone()),
+                )
+            })
+        })
+        .await
     }
 }
 
@@ -401,24 +405,106 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(500));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn stopping_the_intake_wakes_whoever_waits_for_it() {
-        let intake = Arc::new(Intake::default());
-        let waiting = tokio::spawn({
-            let intake = intake.clone();
-            async move { intake.wait_stopped().await }
-        });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiting.is_finished(), "not stopped yet");
+    /// Once the intake is stopped, connections wait in the kernel's queue:
+    /// none is taken, or counted, however long the acceptor is polled.
+    #[tokio::test]
+    async fn a_stopped_intake_takes_no_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
+        let mut acceptor = ClockedAcceptor::new(inner, CLOCKS);
+        let intake = acceptor.intake();
+        let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let taken = acceptor.accept(None).await.unwrap();
+        assert_eq!(intake.unread.load(Ordering::SeqCst), 1, "taken and counted");
+        drop(taken);
+        assert_eq!(intake.unread.load(Ordering::SeqCst), 0, "closed unread");
+
         intake.stop();
-        tokio::time::timeout(Duration::from_millis(1), waiting)
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), acceptor.accept(None)).await;
+        assert!(waited.is_err(), "a connection was taken after the stop");
+        assert_eq!(intake.unread.load(Ordering::SeqCst), 0);
+    }
+
+    /// An acceptor that runs `hook` once it has taken a connection, before
+    /// it hands it on: the instant at which a drain could look in between.
+    struct Hooked<A> {
+        inner: A,
+        hook: Option<Box<dyn FnOnce() + Send>>,
+    }
+
+    impl<A: Acceptor> Acceptor for Hooked<A> {
+        type Coupler = A::Coupler;
+        type Stream = A::Stream;
+
+        fn holdings(&self) -> &[Holding] {
+            self.inner.holdings()
+        }
+
+        async fn accept(
+            &mut self,
+            fuse_policy: Option<ArcFusePolicy>,
+        ) -> io::Result<Accepted<Self::Coupler, Self::Stream>> {
+            let accepted = self.inner.accept(fuse_policy).await?;
+            if let Some(hook) = self.hook.take() {
+                hook();
+            }
+            Ok(accepted)
+        }
+    }
+
+    /// SIGTERM as a connection is being taken (the acceptor, on one thread,
+    /// has it from the kernel; the drain, on another, stops the intake and
+    /// counts what is unread): the drain still waits for that connection to
+    /// be read from. Were it missed, the graceful stop would close it unread
+    /// and its request would be lost.
+    #[tokio::test]
+    async fn a_connection_taken_as_the_drain_begins_is_waited_for() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = salvo::conn::tcp::TcpAcceptor::try_from(listener).unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (drained, drain_report) = std::sync::mpsc::channel();
+        let mut acceptor = ClockedAcceptor::new(Hooked { inner, hook: None }, CLOCKS);
+        let intake = acceptor.intake();
+        acceptor.inner.hook = Some(Box::new({
+            let read = read.clone();
+            move || {
+                // The drain, on a thread of its own, while this connection
+                // is taken and not yet handed on.
+                let (begun, begins) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = begun.send(());
+                    intake.stop();
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap()
+                        .block_on(intake.settled(Duration::from_secs(5)));
+                    let _ = drained.send(read.load(Ordering::SeqCst));
+                });
+                begins.recv().unwrap();
+                // Time for the drain to look (it may not be able to yet).
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let accepted = acceptor.accept(None).await.unwrap();
+        let mut stream = accepted.stream;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read.store(true, Ordering::SeqCst);
+        let mut buf = [0u8; 64];
+        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        let waited_for_the_read = tokio::task::spawn_blocking(move || drain_report.recv().unwrap())
             .await
-            .expect("woken by stop()")
             .unwrap();
-        // Once stopped, it stays so.
-        tokio::time::timeout(Duration::from_millis(1), intake.wait_stopped())
-            .await
-            .expect("already stopped");
+        assert!(
+            waited_for_the_read,
+            "the drain went on before the connection taken as it began was read"
+        );
     }
 
     /// The clocks as a reader of the stream meets them, on a paused clock:
