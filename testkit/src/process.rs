@@ -201,6 +201,7 @@ impl ProcBuilder {
         cmd.env("NOTIFY_SOCKET", name);
         let output = Arc::new(Mutex::new(String::new()));
         let mut paused = None;
+        let mut readers = Vec::new();
         let child = if self.stderr_paused {
             let (reader, writer) = std::io::pipe().unwrap();
             cmd.stderr(writer);
@@ -213,24 +214,44 @@ impl ProcBuilder {
             cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
                 .stderr(writer);
             let reader = std::os::fd::OwnedFd::from(reader);
-            collect(Receiver::from_owned_fd(reader).unwrap(), output.clone());
+            readers.push(collect(
+                Receiver::from_owned_fd(reader).unwrap(),
+                output.clone(),
+            ));
             cmd.spawn().unwrap()
         } else {
             let mut child = cmd.spawn().unwrap();
-            collect(child.stderr.take().unwrap(), output.clone());
+            readers.push(collect(child.stderr.take().unwrap(), output.clone()));
             child
         };
         let mut child = child;
-        collect(child.stdout.take().unwrap(), output.clone());
+        readers.push(collect(child.stdout.take().unwrap(), output.clone()));
         let notes = Arc::new(Mutex::new(Vec::new()));
         let sink = notes.clone();
-        tokio::spawn(async move {
+        let (exited, mut has_exited) = tokio::sync::oneshot::channel::<()>();
+        readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
+            let keep = |n: usize, buf: &[u8]| {
                 let note = String::from_utf8_lossy(&buf[..n]).into_owned();
                 sink.lock().unwrap().push((Instant::now(), note));
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    received = socket.recv(&mut buf) => match received {
+                        Ok(n) => keep(n, &buf),
+                        Err(_) => return,
+                    },
+                    // What it sent before it exited is queued: read it all.
+                    _ = &mut has_exited => {
+                        while let Ok(n) = socket.try_recv(&mut buf) {
+                            keep(n, &buf);
+                        }
+                        return;
+                    }
+                }
             }
-        });
+        }));
         Proc {
             child,
             name: self.bin.display().to_string(),
@@ -238,6 +259,8 @@ impl ProcBuilder {
             output,
             notes,
             paused,
+            readers,
+            exited: Some(exited),
             _dir: dir,
         }
     }
@@ -276,7 +299,10 @@ fn abstract_socket() -> (UnixDatagram, std::ffi::OsString) {
     )
 }
 
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
+fn collect(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -284,7 +310,7 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Stri
             out.push_str(&line);
             out.push('\n');
         }
-    });
+    })
 }
 
 /// A running daemon. Killed (SIGKILL) when dropped.
@@ -300,6 +326,11 @@ pub struct Proc {
     notes: Arc<Mutex<Vec<(Instant, String)>>>,
     /// The read end of a stderr nobody reads yet ([`ProcBuilder::stderr_paused`]).
     paused: Option<std::os::fd::OwnedFd>,
+    /// The tasks that read its output and its notifications: done once it
+    /// has exited and they have read everything it wrote.
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the notifications' reader that the process has exited.
+    exited: Option<tokio::sync::oneshot::Sender<()>>,
     /// Holds the notify socket's directory for the process's lifetime.
     _dir: tempfile::TempDir,
 }
@@ -318,10 +349,10 @@ impl Proc {
     /// Starts reading a paused stderr: what it wrote shows in [`Proc::logs`].
     pub fn resume_logs(&mut self) {
         if let Some(reader) = self.paused.take() {
-            collect(
+            self.readers.push(collect(
                 Receiver::from_owned_fd(reader).unwrap(),
                 self.output.clone(),
-            );
+            ));
         }
     }
 
@@ -418,15 +449,36 @@ impl Proc {
         kill(Pid::from_raw(self.pid() as i32), signal).unwrap();
     }
 
-    /// Waits for it to exit, panicking after `timeout`.
+    /// Waits for it to exit, panicking after `timeout`; then, until what
+    /// it wrote and sent before it exited is in [`Proc::logs`] and
+    /// [`Proc::notifications`] (the readers may lag behind on a busy
+    /// machine).
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
                 "process did not exit within {timeout:?}; logs:\n{}",
                 self.logs()
             ),
+        };
+        if let Some(exited) = self.exited.take() {
+            let _ = exited.send(());
         }
+        // A pipe ends once every writer has closed it: the daemon, and any
+        // child it left behind (none does), so this is bounded too.
+        let readers = std::mem::take(&mut self.readers);
+        let read = async {
+            for reader in readers {
+                let _ = reader.await;
+            }
+        };
+        if tokio::time::timeout(timeout, read).await.is_err() {
+            panic!(
+                "{}: its output did not end within {timeout:?} of its exit",
+                self.name
+            );
+        }
+        status
     }
 
     /// Waits until its logs contain `needle`.
