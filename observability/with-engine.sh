@@ -134,11 +134,18 @@ cleanup() {
     for pid in $(pgrep -f -- "$tmp/" 2>/dev/null || true); do kill -9 "$pid" 2>/dev/null || true; done
     findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     umount -l "$tmp/data" 2>/dev/null || true
+    # The interfaces it added to the host's network. Under --netns they are
+    # in the namespace, and go with it: the host's new ones then belong to
+    # another engine (test.sh runs one on the host at the same time), and
+    # deleting them would cut that engine's stack off its published ports.
     local link
-    for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | comm -13 <(echo "$links_before") -); do
-        case $link in br-* | veth* | docker*) ip link del "$link" 2>/dev/null || true ;; esac
-    done
-    [ -z "$netns" ] || ip netns del "$netns" 2>/dev/null
+    if [ -z "$netns" ]; then
+        for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | comm -13 <(echo "$links_before") -); do
+            case $link in br-* | veth* | docker*) ip link del "$link" 2>/dev/null || true ;; esac
+        done
+    else
+        ip netns del "$netns" 2>/dev/null
+    fi
     rm -rf "$tmp"
     flock 8
     rm -f "$state/$$.pid"
